@@ -1,0 +1,631 @@
+//! The HTTP API: routes, authentication of each request, JSON bodies and errors.
+//!
+//! Errors are `{"error":{"code":"…","message":"…"}}` with a fitting status.
+//! Every handler takes the tenant from the verified token only; a delivery
+//! of another tenant is indistinguishable from one that does not exist.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::app::{App, CommitError};
+use crate::auth::{Principal, Role};
+use crate::deliveries::{CreateDelivery, DomainError, StatusChange};
+use crate::ingest::Kick;
+use crate::log::{self, Event, StoredEvent};
+use crate::types::{DeliveryId, DeviceId, SubjectId, UnixMillis};
+
+/// An API error: status, stable code, human message.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        let msg = e.to_string();
+        match e {
+            DomainError::Invalid(_) => Self::bad_request("invalid", msg),
+            DomainError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", msg),
+            DomainError::Exists(_) => Self::new(StatusCode::CONFLICT, "exists", msg),
+            DomainError::Transition { .. } => {
+                Self::new(StatusCode::CONFLICT, "invalid_transition", msg)
+            }
+            DomainError::Forbidden(_) => Self::forbidden(msg),
+            DomainError::Crypto(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "sealing failed",
+            ),
+        }
+    }
+}
+
+impl From<CommitError> for ApiError {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Domain(d) => d.into(),
+            CommitError::Log(m) => {
+                tracing::error!(error = %m, "a change could not be made durable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "log_unavailable",
+                    "the change could not be made durable",
+                )
+            }
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The verified caller of a request.
+fn principal(app: &App, headers: &HeaderMap) -> ApiResult<Principal> {
+    let token = crate::ws::bearer(headers).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send Authorization: Bearer <token>",
+        )
+    })?;
+    app.verifier.verify(&token, UnixMillis::now()).map_err(|e| {
+        app.metrics
+            .auth_failures
+            .with_label_values(&[e.reason()])
+            .inc();
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+    })
+}
+
+fn require(p: &Principal, roles: &[Role]) -> ApiResult<()> {
+    if roles.contains(&p.role) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "role {} may not do this",
+            p.role.as_str()
+        )))
+    }
+}
+
+fn require_fresh(p: &Principal) -> ApiResult<()> {
+    if p.freshly_authenticated(UnixMillis::now()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "reauthentication_required",
+            "this action needs auth_time within the last 5 minutes",
+        ))
+    }
+}
+
+fn tenant<'a>(app: &'a App, p: &Principal) -> ApiResult<&'a crate::deliveries::Tenant> {
+    app.tenant(&p.tenant)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown tenant"))
+}
+
+/// Reads a JSON body of at most the configured size; unknown fields are
+/// refused by the target types.
+async fn json_body<T: DeserializeOwned>(app: &App, body: Body) -> ApiResult<T> {
+    let limit = app.config.limits.max_body_bytes;
+    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request bodies are limited to {limit} bytes"),
+        )
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::bad_request("invalid_body", e.to_string()),
+        _ => ApiError::bad_request("invalid_json", e.to_string()),
+    })
+}
+
+fn parse_id<T>(s: &str, f: impl FnOnce(&str) -> Result<T, crate::types::IdError>) -> ApiResult<T> {
+    f(s).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))
+}
+
+/// Builds the router.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/deliveries", post(create_delivery))
+        .route("/v1/deliveries/{id}", get(get_delivery))
+        .route("/v1/deliveries/{id}/events", get(delivery_events))
+        .route("/v1/deliveries/{id}/status", post(change_status))
+        .route("/v1/drivers/{driver_id}/route", put(assign_route))
+        .route("/v1/log/export", get(export))
+        .route("/v1/log/verify", get(verify))
+        .route("/v1/devices", get(list_devices))
+        .route("/v1/devices/{did}/revoke", post(revoke_device))
+        .route("/v1/driver/ws", get(driver_ws))
+        .route_layer(middleware::from_fn_with_state(app.clone(), observe))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(guard))
+        .with_state(app)
+}
+
+/// Counts requests by route template (never the concrete path: it may hold ids).
+async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let res = next.run(req).await;
+    app.metrics
+        .http_requests
+        .with_label_values(&[&route, &method, res.status().as_str()])
+        .inc();
+    app.metrics
+        .http_seconds
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    res
+}
+
+/// Refuses tokens in query strings and sets the safety headers on every response.
+async fn guard(req: Request, next: Next) -> Response {
+    let in_query = req.uri().query().is_some_and(|q| {
+        q.split('&').any(|kv| {
+            let k = kv.split('=').next().unwrap_or("").to_ascii_lowercase();
+            matches!(
+                k.as_str(),
+                "token" | "access_token" | "jwt" | "bearer" | "authorization" | "id_token"
+            )
+        })
+    });
+    let mut res = if in_query {
+        ApiError::bad_request(
+            "token_in_query",
+            "tokens are never accepted in a query string: use the Authorization header or the bearer subprotocol",
+        )
+        .into_response()
+    } else {
+        next.run(req).await
+    };
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    res
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed here",
+    )
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.shutdown.is_cancelled() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the server is draining",
+        )
+        .into_response();
+    }
+    if !app.store.healthy() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "log_unavailable",
+            "the delivery log refuses writes",
+        )
+        .into_response();
+    }
+    axum::Json(serde_json::json!({"status": "ready"})).into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+}
+
+#[derive(Serialize)]
+struct Created {
+    id: DeliveryId,
+    tracking_url: String,
+}
+
+/// A tracking token: 192 bits from the system CSPRNG, base64url.
+fn new_tracking_token() -> ApiResult<String> {
+    use base64::Engine as _;
+    let mut raw = [0u8; 24];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "random generator failed",
+        )
+    })?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+}
+
+fn base_url(app: &App, headers: &HeaderMap) -> String {
+    if let Some(u) = &app.config.public_url {
+        return u.clone();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        })
+        .map_or_else(|| app.config.listen.to_string(), str::to_owned);
+    format!("http://{host}")
+}
+
+async fn create_delivery(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let p = principal(&app, &headers)?;
+    require(&p, &[Role::Admin, Role::Dispatcher, Role::PharmacyStaff])?;
+    let req: CreateDelivery = json_body(&app, body).await?;
+    let t = tenant(&app, &p)?;
+    let token = new_tracking_token()?;
+    let committed = t.create(&app.store, &p, req, &token, UnixMillis::now())?;
+    let (_, id) = app.durable(t, committed).await?;
+    let tracking_url = format!("{}/t/{token}", base_url(&app, &headers));
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(Created { id, tracking_url }),
+    )
+        .into_response())
+}
+
+async fn get_delivery(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let p = principal(&app, &headers)?;
+    require(
+        &p,
+        &[
+            Role::Admin,
+            Role::Dispatcher,
+            Role::Viewer,
+            Role::PharmacyStaff,
+        ],
+    )?;
+    let id = parse_id(&id, DeliveryId::parse)?;
+    let t = tenant(&app, &p)?;
+    let st = t.lock();
+    let d = st
+        .delivery(&id)
+        .ok_or_else(|| DomainError::NotFound(id.to_string()))?;
+    Ok(axum::Json(st.view(d)).into_response())
+}
+
+async fn delivery_events(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let p = principal(&app, &headers)?;
+    require(&p, &[Role::Admin, Role::Dispatcher, Role::Viewer])?;
+    let id = parse_id(&id, DeliveryId::parse)?;
+    let t = tenant(&app, &p)?;
+    let locations = {
+        let st = t.lock();
+        st.delivery(&id)
+            .ok_or_else(|| DomainError::NotFound(id.to_string()))?
+            .events
+            .clone()
+    };
+    let key = t.key.clone();
+    let app2 = app.clone();
+    let events = tokio::task::spawn_blocking(move || -> Result<Vec<Event>, String> {
+        locations
+            .into_iter()
+            .map(|loc| {
+                let line = app2.store.read(loc).map_err(|e| e.to_string())?;
+                let stored: StoredEvent =
+                    serde_json::from_slice(&line).map_err(|e| e.to_string())?;
+                log::open_with(&key, stored).map_err(|e| e.to_string())
+            })
+            .collect()
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "reader failed",
+        )
+    })?
+    .map_err(|e| {
+        tracing::error!(error = %e, "reading delivery events failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the events could not be read",
+        )
+    })?;
+    Ok(axum::Json(serde_json::json!({ "events": events })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusBody {
+    status: StatusChange,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn change_status(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
+    let p = principal(&app, &headers)?;
+    require(&p, &[Role::Admin, Role::Dispatcher, Role::PharmacyStaff])?;
+    let id = parse_id(&id, DeliveryId::parse)?;
+    let b: StatusBody = json_body(&app, body).await?;
+    let t = tenant(&app, &p)?;
+    let committed = t.change_status(&app.store, &p, &id, b.status, b.reason, UnixMillis::now())?;
+    let (_, status) = app.durable(t, committed).await?;
+    Ok(axum::Json(serde_json::json!({"id": id, "status": status})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteBody {
+    stops: Vec<DeliveryId>,
+}
+
+async fn assign_route(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(driver): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
+    let p = principal(&app, &headers)?;
+    require(&p, &[Role::Admin, Role::Dispatcher])?;
+    let driver = parse_id(&driver, SubjectId::parse)?;
+    let b: RouteBody = json_body(&app, body).await?;
+    let t = tenant(&app, &p)?;
+    let committed = t.assign_route(&app.store, &p, &driver, &b.stops, UnixMillis::now())?;
+    app.durable(t, committed).await?;
+    let stops = t.lock().route(&driver).to_vec();
+    Ok(axum::Json(serde_json::json!({"driver_id": driver, "stops": stops})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportQuery {
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+/// Bytes of NDJSON gathered before a chunk is sent.
+const EXPORT_CHUNK: usize = 64 * 1024;
+/// Chunks buffered between the reading thread and the socket.
+const EXPORT_CHANNEL: usize = 4;
+
+async fn export(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let p = principal(&app, &headers)?;
+    require(&p, &[Role::Admin])?;
+    require_fresh(&p)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let from = q.from.unwrap_or(0);
+    let to = q.to.unwrap_or(i64::MAX);
+    if to < from {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "to must not be before from",
+        ));
+    }
+    let t = tenant(&app, &p)?;
+    // The export is itself recorded, durably, before any data leaves.
+    let committed = t.log_exported(&app.store, &p, from, to, UnixMillis::now())?;
+    app.durable(t, committed).await?;
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_CHANNEL);
+    let key = t.key.clone();
+    let tenant_id = p.tenant.as_str().to_owned();
+    let app2 = app.clone();
+    app.tracker.spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(EXPORT_CHUNK);
+        let mut failed = false;
+        let res = app2.store.scan(|line, _| {
+            let Ok(stored) = serde_json::from_slice::<StoredEvent>(line) else {
+                return true;
+            };
+            if stored.tenant != tenant_id || stored.at < from || stored.at >= to {
+                return true;
+            }
+            let written = log::open_with(&key, stored)
+                .ok()
+                .and_then(|ev| serde_json::to_writer(&mut buf, &ev).ok());
+            if written.is_none() {
+                failed = true;
+                return false;
+            }
+            buf.push(b'\n');
+            if buf.len() >= EXPORT_CHUNK {
+                let chunk = Bytes::from(std::mem::replace(
+                    &mut buf,
+                    Vec::with_capacity(EXPORT_CHUNK),
+                ));
+                return tx.blocking_send(Ok(chunk)).is_ok();
+            }
+            true
+        });
+        if res.is_err() || failed {
+            let _ = tx.blocking_send(Err(std::io::Error::other("export failed")));
+        } else if !buf.is_empty() {
+            let _ = tx.blocking_send(Ok(Bytes::from(buf)));
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+async fn verify(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Response> {
+    let p = principal(&app, &headers)?;
+    require(&p, &[Role::Admin])?;
+    let app2 = app.clone();
+    let tenant_id = p.tenant.as_str().to_owned();
+    let report = tokio::task::spawn_blocking(move || {
+        let mut v = log::Verifier::new(Some(&tenant_id));
+        app2.store
+            .scan(|line, loc| v.line(line, loc))
+            .map(|()| v.finish())
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "verifier failed",
+        )
+    })?
+    .map_err(|e| {
+        tracing::error!(error = %e, "verifying the log failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the log could not be read",
+        )
+    })?;
+    Ok(axum::Json(report).into_response())
+}
+
+async fn list_devices(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Response> {
+    let p = principal(&app, &headers)?;
+    require(&p, &[Role::Admin, Role::Dispatcher])?;
+    let t = tenant(&app, &p)?;
+    let mut rows = app.devices.list(&p.tenant);
+    let revoked = t.lock().revoked().clone();
+    for r in &mut rows {
+        r.revoked = revoked.contains(&r.device_id);
+    }
+    for d in revoked {
+        if !rows.iter().any(|r| r.device_id == d) {
+            rows.push(crate::ingest::DeviceRow {
+                device_id: d,
+                driver_id: None,
+                connected: false,
+                last_seen: None,
+                last_seq: 0,
+                revoked: true,
+            });
+        }
+    }
+    rows.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    Ok(axum::Json(serde_json::json!({ "devices": rows })).into_response())
+}
+
+async fn revoke_device(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(did): Path<String>,
+) -> ApiResult<Response> {
+    let p = principal(&app, &headers)?;
+    require(&p, &[Role::Admin])?;
+    require_fresh(&p)?;
+    let did = parse_id(&did, DeviceId::parse)?;
+    let t = tenant(&app, &p)?;
+    let committed = t.revoke_device(&app.store, &p, &did, UnixMillis::now())?;
+    app.durable(t, committed).await?;
+    app.devices.kick(&p.tenant, &did, Kick::Revoked);
+    Ok(axum::Json(serde_json::json!({"device_id": did, "revoked": true})).into_response())
+}
+
+async fn driver_ws(State(app): State<Arc<App>>, mut req: Request) -> ApiResult<Response> {
+    let hs = crate::ws::handshake(&mut req)?;
+    let permit = app.conn_limit.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many connections; retry later",
+        )
+    })?;
+    let auth = hs
+        .token
+        .as_deref()
+        .map_or(Err(crate::auth::AuthError::Missing), |t| {
+            app.verifier.verify(t, UnixMillis::now())
+        });
+    let cfg = crate::ws::config(app.config.limits.max_message_bytes);
+    let app2 = app.clone();
+    app.tracker.spawn(async move {
+        if let Some(ws) = crate::ws::accept(hs.on_upgrade, cfg).await {
+            crate::ingest::run(app2, ws, auth).await;
+        }
+        drop(permit);
+    });
+    Ok(hs.response)
+}

@@ -1,0 +1,880 @@
+//! Deliveries, routes and devices of one tenant, rebuilt from the log.
+//!
+//! State changes only through events: a command checks the current state and
+//! produces [`Draft`]s; each draft is chained into the log and then applied
+//! with [`TenantState::apply`], the same function that rebuilds the state
+//! from the log at start-up. So what the server believes is always what the
+//! log says.
+//!
+//! Concurrency: one `std::sync::Mutex` per tenant, held only to check,
+//! chain, apply and queue the append (no `.await` while it is held); the
+//! caller then awaits durability with the lock released, so many requests
+//! share one group commit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Principal, Role};
+use crate::log::{
+    Actor, CryptoError, DataKey, Draft, Event, EventKind, Location, Pending, Store, TenantChain,
+};
+use crate::types::{DeliveryId, DeviceId, LatLng, SubjectId, TenantId, UnixMillis};
+
+/// Most stops on one driver's route.
+pub const MAX_ROUTE_STOPS: usize = 200;
+/// Most vertices of a polygon fence.
+pub const MAX_POLYGON_VERTICES: usize = 256;
+/// Fence radius bounds, metres.
+pub const MIN_RADIUS_M: f64 = 5.0;
+pub const MAX_RADIUS_M: f64 = 5000.0;
+/// Longest free-text reason on a status change, in characters.
+pub const MAX_REASON_CHARS: usize = 500;
+/// Longest recipient first name, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// Why a command was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("delivery {0} not found")]
+    NotFound(String),
+    #[error("delivery {0} already exists")]
+    Exists(String),
+    #[error("cannot change status from {from} to {to}")]
+    Transition {
+        from: &'static str,
+        to: &'static str,
+    },
+    #[error("role {0} may not do this")]
+    Forbidden(&'static str),
+    #[error("sealing the event failed: {0}")]
+    Crypto(#[from] CryptoError),
+}
+
+/// A delivery's status, as every audience sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Scheduled,
+    EnRoute,
+    Approaching,
+    Arrived,
+    Delivered,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Scheduled => "scheduled",
+            Status::EnRoute => "en_route",
+            Status::Approaching => "approaching",
+            Status::Arrived => "arrived",
+            Status::Delivered => "delivered",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    #[must_use]
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Delivered | Status::Failed | Status::Cancelled)
+    }
+}
+
+/// A status change asked for through the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusChange {
+    PickedUp,
+    Delivered,
+    Failed,
+    Cancelled,
+}
+
+impl StatusChange {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusChange::PickedUp => "picked_up",
+            StatusChange::Delivered => "delivered",
+            StatusChange::Failed => "failed",
+            StatusChange::Cancelled => "cancelled",
+        }
+    }
+
+    fn kind(self) -> EventKind {
+        match self {
+            StatusChange::PickedUp => EventKind::DeliveryPickedUp,
+            StatusChange::Delivered => EventKind::DeliveryDelivered,
+            StatusChange::Failed => EventKind::DeliveryFailed,
+            StatusChange::Cancelled => EventKind::DeliveryCancelled,
+        }
+    }
+
+    /// The status machine: which changes each status allows, and the result.
+    pub fn apply_to(self, from: Status) -> Result<Status, DomainError> {
+        use Status as S;
+        let to = match (from, self) {
+            (S::Scheduled, StatusChange::PickedUp) => S::EnRoute,
+            (S::EnRoute | S::Approaching | S::Arrived, StatusChange::Delivered) => S::Delivered,
+            (S::EnRoute | S::Approaching | S::Arrived, StatusChange::Failed) => S::Failed,
+            (S::Scheduled | S::EnRoute | S::Approaching | S::Arrived, StatusChange::Cancelled) => {
+                S::Cancelled
+            }
+            _ => {
+                return Err(DomainError::Transition {
+                    from: from.as_str(),
+                    to: self.as_str(),
+                });
+            }
+        };
+        Ok(to)
+    }
+}
+
+/// A fence as the API takes it: a circle (`lat`, `lng`, `radius_m`) or a
+/// polygon (`polygon`: `[[lat, lng], …]`, with an optional `lat`/`lng` point).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fence {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lat: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lng: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub radius_m: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polygon: Option<Vec<[f64; 2]>>,
+}
+
+impl Fence {
+    fn validate(&self, name: &str) -> Result<(), DomainError> {
+        let bad = |m: String| DomainError::Invalid(format!("{name}: {m}"));
+        match (self.lat, self.lng) {
+            (Some(lat), Some(lng)) => {
+                LatLng::new(lat, lng).map_err(|e| bad(e.to_string()))?;
+            }
+            (None, None) => {}
+            _ => return Err(bad("lat and lng go together".into())),
+        }
+        match (&self.radius_m, &self.polygon) {
+            (Some(r), None) => {
+                if self.lat.is_none() {
+                    return Err(bad("a circle needs lat and lng".into()));
+                }
+                if !r.is_finite() || !(MIN_RADIUS_M..=MAX_RADIUS_M).contains(r) {
+                    return Err(bad(format!(
+                        "radius_m {r} is not within {MIN_RADIUS_M}..={MAX_RADIUS_M}"
+                    )));
+                }
+            }
+            (None, Some(poly)) => {
+                if poly.len() < 3 || poly.len() > MAX_POLYGON_VERTICES {
+                    return Err(bad(format!(
+                        "polygon needs 3 to {MAX_POLYGON_VERTICES} vertices, got {}",
+                        poly.len()
+                    )));
+                }
+                for (i, [lat, lng]) in poly.iter().enumerate() {
+                    LatLng::new(*lat, *lng).map_err(|e| bad(format!("polygon[{i}]: {e}")))?;
+                }
+                let twice_area: f64 = poly
+                    .iter()
+                    .zip(poly.iter().cycle().skip(1))
+                    .map(|(a, b)| a[1] * b[0] - b[1] * a[0])
+                    .sum();
+                if twice_area.abs() < 1e-14 {
+                    return Err(bad("polygon has no area".into()));
+                }
+            }
+            (Some(_), Some(_)) => return Err(bad("give radius_m or polygon, not both".into())),
+            (None, None) => return Err(bad("give radius_m (with lat, lng) or polygon".into())),
+        }
+        Ok(())
+    }
+}
+
+/// The recipient, as far as rxtrack may know them: a first name, nothing clinical.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipient {
+    pub first_name: String,
+}
+
+/// A delivery window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    pub from: i64,
+    pub to: i64,
+}
+
+/// `POST /v1/deliveries` body.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDelivery {
+    pub id: DeliveryId,
+    pub pickup: Fence,
+    pub dropoff: Fence,
+    pub recipient: Recipient,
+    #[serde(default)]
+    pub window: Option<Window>,
+}
+
+/// What `delivery.created` records (sealed at rest).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CreatedData {
+    pickup: Fence,
+    dropoff: Fence,
+    recipient: Recipient,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    window: Option<Window>,
+    /// SHA-256 of the tracking token, hex. The token itself is never stored.
+    tracking_token_sha256: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct AssignedData {
+    driver_id: Option<SubjectId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stop: Option<usize>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct StatusData {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct DeviceData {
+    device_id: DeviceId,
+}
+
+/// One delivery.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub id: DeliveryId,
+    pub status: Status,
+    pub pickup: Fence,
+    pub dropoff: Fence,
+    pub recipient: Recipient,
+    pub window: Option<Window>,
+    pub tracking_token_sha256: String,
+    pub driver: Option<SubjectId>,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+    /// Where this delivery's events are in the log, in log order.
+    pub events: Vec<Location>,
+}
+
+/// The staff view of a delivery (`GET /v1/deliveries/{id}`).
+#[derive(Debug, Serialize)]
+pub struct DeliveryView<'a> {
+    pub id: &'a DeliveryId,
+    pub status: Status,
+    pub pickup: &'a Fence,
+    pub dropoff: &'a Fence,
+    pub recipient: &'a Recipient,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    pub driver_id: Option<&'a SubjectId>,
+    pub stop: Option<usize>,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+}
+
+/// One tenant's state.
+#[derive(Debug)]
+pub struct TenantState {
+    chain: TenantChain,
+    deliveries: HashMap<DeliveryId, Delivery>,
+    routes: HashMap<SubjectId, Vec<DeliveryId>>,
+    revoked: HashSet<DeviceId>,
+    /// Deliveries not yet final, kept as events apply.
+    active: usize,
+}
+
+/// A tenant: its id and its state behind one lock.
+#[derive(Debug)]
+pub struct Tenant {
+    pub id: TenantId,
+    /// The tenant's data key, to open its events outside the lock.
+    pub key: Arc<DataKey>,
+    state: Mutex<TenantState>,
+}
+
+/// What a command produced: the plaintext events, and their pending appends.
+#[derive(Debug)]
+pub struct Committed<T> {
+    pub events: Vec<Event>,
+    pub pending: Vec<Pending>,
+    pub value: T,
+}
+
+fn actor_of(p: &Principal) -> Actor {
+    Actor {
+        role: p.role,
+        sub: p.sub.as_str().to_owned(),
+        device: p.device.as_ref().map(|d| d.as_str().to_owned()),
+    }
+}
+
+fn draft(
+    kind: EventKind,
+    delivery: Option<&DeliveryId>,
+    at: UnixMillis,
+    actor: Actor,
+    data: serde_json::Value,
+) -> Draft {
+    Draft {
+        kind,
+        delivery_id: delivery.map(|d| d.as_str().to_owned()),
+        at: at.0,
+        device_ts: None,
+        actor,
+        where_: None,
+        data,
+    }
+}
+
+fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+impl Tenant {
+    #[must_use]
+    pub fn new(id: TenantId, key: Arc<DataKey>) -> Self {
+        let chain = TenantChain::new(id.as_str().to_owned(), key.clone(), None);
+        Self {
+            id,
+            key,
+            state: Mutex::new(TenantState {
+                chain,
+                deliveries: HashMap::new(),
+                routes: HashMap::new(),
+                revoked: HashSet::new(),
+                active: 0,
+            }),
+        }
+    }
+
+    /// The state, for reading. Never hold the guard across an `.await`.
+    pub fn lock(&self) -> MutexGuard<'_, TenantState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs a command: `decide` checks the state and returns drafts; each
+    /// draft is chained, applied and queued for the log, all under the lock.
+    pub fn commit<T>(
+        &self,
+        store: &Store,
+        decide: impl FnOnce(&TenantState) -> Result<(Vec<Draft>, T), DomainError>,
+    ) -> Result<Committed<T>, DomainError> {
+        let mut st = self.lock();
+        let (drafts, value) = decide(&st)?;
+        let mut events = Vec::with_capacity(drafts.len());
+        let mut pending = Vec::with_capacity(drafts.len());
+        for d in drafts {
+            let (stored, event) = st.chain.chain(d)?;
+            st.apply(&event);
+            pending.push(store.append(stored.to_line()));
+            events.push(event);
+        }
+        Ok(Committed {
+            events,
+            pending,
+            value,
+        })
+    }
+
+    /// Moves the tenant's chain head (after start-up recovery).
+    pub fn set_chain_head(&self, seq: u64, hash: String) {
+        self.lock().chain.set_head(seq, hash);
+    }
+
+    /// Records where durable events landed, for reading them back.
+    pub fn record_locations(&self, events: &[Event], locations: &[Location]) {
+        let mut st = self.lock();
+        for (e, loc) in events.iter().zip(locations) {
+            st.record_location(e, *loc);
+        }
+    }
+
+    /// Replays one event from the log at start-up.
+    pub fn replay(
+        &self,
+        stored: crate::log::StoredEvent,
+        loc: Location,
+    ) -> Result<(), CryptoError> {
+        let mut st = self.lock();
+        let event = st.chain.open(stored)?;
+        st.apply(&event);
+        st.record_location(&event, loc);
+        Ok(())
+    }
+
+    /// Creates a delivery; returns its id and the tracking token (shown once).
+    pub fn create(
+        &self,
+        store: &Store,
+        who: &Principal,
+        req: CreateDelivery,
+        tracking_token: &str,
+        now: UnixMillis,
+    ) -> Result<Committed<DeliveryId>, DomainError> {
+        require(who, &[Role::Admin, Role::Dispatcher, Role::PharmacyStaff])?;
+        req.pickup.validate("pickup")?;
+        req.dropoff.validate("dropoff")?;
+        let name = req.recipient.first_name.trim();
+        if name.is_empty()
+            || name.chars().count() > MAX_NAME_CHARS
+            || name.chars().any(char::is_control)
+        {
+            return Err(DomainError::Invalid(format!(
+                "recipient.first_name must be 1 to {MAX_NAME_CHARS} printable characters"
+            )));
+        }
+        if let Some(w) = req.window
+            && (w.from <= 0 || w.to <= w.from)
+        {
+            return Err(DomainError::Invalid(
+                "window.to must be after window.from".into(),
+            ));
+        }
+        let hash = crate::log::event::hex(
+            ring::digest::digest(&ring::digest::SHA256, tracking_token.as_bytes()).as_ref(),
+        );
+        self.commit(store, |st| {
+            if st.deliveries.contains_key(&req.id) {
+                return Err(DomainError::Exists(req.id.to_string()));
+            }
+            let data = CreatedData {
+                pickup: req.pickup,
+                dropoff: req.dropoff,
+                recipient: Recipient {
+                    first_name: name.to_owned(),
+                },
+                window: req.window,
+                tracking_token_sha256: hash,
+            };
+            let d = draft(
+                EventKind::DeliveryCreated,
+                Some(&req.id),
+                now,
+                actor_of(who),
+                to_value(&data),
+            );
+            Ok((vec![d], req.id))
+        })
+    }
+
+    /// Replaces a driver's ordered list of remaining drop-offs.
+    pub fn assign_route(
+        &self,
+        store: &Store,
+        who: &Principal,
+        driver: &SubjectId,
+        stops: &[DeliveryId],
+        now: UnixMillis,
+    ) -> Result<Committed<()>, DomainError> {
+        require(who, &[Role::Admin, Role::Dispatcher])?;
+        if stops.len() > MAX_ROUTE_STOPS {
+            return Err(DomainError::Invalid(format!(
+                "a route has at most {MAX_ROUTE_STOPS} stops"
+            )));
+        }
+        self.commit(store, |st| {
+            let mut seen = HashSet::new();
+            for id in stops {
+                if !seen.insert(id) {
+                    return Err(DomainError::Invalid(format!("stop {id} is listed twice")));
+                }
+                let d = st
+                    .deliveries
+                    .get(id)
+                    .ok_or_else(|| DomainError::NotFound(id.to_string()))?;
+                if d.status.is_final() {
+                    return Err(DomainError::Invalid(format!(
+                        "delivery {id} is {} and cannot be routed",
+                        d.status.as_str()
+                    )));
+                }
+            }
+            let old = st.routes.get(driver).cloned().unwrap_or_default();
+            let mut drafts = Vec::new();
+            for id in old.iter().filter(|id| !seen.contains(id)) {
+                let data = AssignedData {
+                    driver_id: None,
+                    stop: None,
+                };
+                drafts.push(draft(
+                    EventKind::DeliveryAssigned,
+                    Some(id),
+                    now,
+                    actor_of(who),
+                    to_value(&data),
+                ));
+            }
+            for (i, id) in stops.iter().enumerate() {
+                let same = st
+                    .deliveries
+                    .get(id)
+                    .is_some_and(|d| d.driver.as_ref() == Some(driver))
+                    && old.get(i) == Some(id);
+                if !same {
+                    let data = AssignedData {
+                        driver_id: Some(driver.clone()),
+                        stop: Some(i),
+                    };
+                    drafts.push(draft(
+                        EventKind::DeliveryAssigned,
+                        Some(id),
+                        now,
+                        actor_of(who),
+                        to_value(&data),
+                    ));
+                }
+            }
+            Ok((drafts, ()))
+        })
+    }
+
+    /// Changes a delivery's status through the status machine.
+    pub fn change_status(
+        &self,
+        store: &Store,
+        who: &Principal,
+        id: &DeliveryId,
+        change: StatusChange,
+        reason: Option<String>,
+        now: UnixMillis,
+    ) -> Result<Committed<Status>, DomainError> {
+        match who.role {
+            Role::Admin | Role::Dispatcher => {}
+            Role::PharmacyStaff if change == StatusChange::PickedUp => {}
+            Role::PharmacyStaff => {
+                return Err(DomainError::Forbidden("pharmacy_staff (only picked_up)"));
+            }
+            r => return Err(DomainError::Forbidden(r.as_str())),
+        }
+        if let Some(r) = &reason
+            && r.chars().count() > MAX_REASON_CHARS
+        {
+            return Err(DomainError::Invalid(format!(
+                "reason is longer than {MAX_REASON_CHARS} characters"
+            )));
+        }
+        self.commit(store, |st| {
+            let d = st
+                .deliveries
+                .get(id)
+                .ok_or_else(|| DomainError::NotFound(id.to_string()))?;
+            let to = change.apply_to(d.status)?;
+            let data = StatusData { reason };
+            let value = if data.reason.is_some() {
+                to_value(&data)
+            } else {
+                serde_json::Value::Null
+            };
+            Ok((
+                vec![draft(change.kind(), Some(id), now, actor_of(who), value)],
+                to,
+            ))
+        })
+    }
+
+    /// Revokes a device: its tokens are refused from now on.
+    pub fn revoke_device(
+        &self,
+        store: &Store,
+        who: &Principal,
+        device: &DeviceId,
+        now: UnixMillis,
+    ) -> Result<Committed<bool>, DomainError> {
+        require(who, &[Role::Admin])?;
+        self.commit(store, |st| {
+            if st.revoked.contains(device) {
+                return Ok((Vec::new(), false));
+            }
+            let data = DeviceData {
+                device_id: device.clone(),
+            };
+            Ok((
+                vec![draft(
+                    EventKind::DeviceRevoked,
+                    None,
+                    now,
+                    actor_of(who),
+                    to_value(&data),
+                )],
+                true,
+            ))
+        })
+    }
+
+    /// Records an export in the log (HIPAA accounting of disclosures).
+    pub fn log_exported(
+        &self,
+        store: &Store,
+        who: &Principal,
+        from: i64,
+        to: i64,
+        now: UnixMillis,
+    ) -> Result<Committed<()>, DomainError> {
+        let data = serde_json::json!({ "from": from, "to": to });
+        self.commit(store, |_| {
+            Ok((
+                vec![draft(
+                    EventKind::LogExported,
+                    None,
+                    now,
+                    actor_of(who),
+                    data,
+                )],
+                (),
+            ))
+        })
+    }
+}
+
+fn require(who: &Principal, roles: &[Role]) -> Result<(), DomainError> {
+    if roles.contains(&who.role) {
+        Ok(())
+    } else {
+        Err(DomainError::Forbidden(who.role.as_str()))
+    }
+}
+
+impl TenantState {
+    /// Applies one event to the state. Used live and when replaying the log;
+    /// an event whose details do not parse is skipped with a warning rather
+    /// than stopping the server (the chain has already been verified).
+    pub fn apply(&mut self, e: &Event) {
+        let id = e
+            .delivery_id
+            .as_deref()
+            .and_then(|d| DeliveryId::parse(d).ok());
+        let at = UnixMillis(e.at);
+        match (e.kind, id) {
+            (EventKind::DeliveryCreated, Some(id)) => {
+                let Ok(c) = serde_json::from_value::<CreatedData>(e.data.clone()) else {
+                    tracing::warn!(
+                        seq = e.seq,
+                        "delivery.created without readable details; skipped"
+                    );
+                    return;
+                };
+                self.active += 1;
+                self.deliveries.insert(
+                    id.clone(),
+                    Delivery {
+                        id,
+                        status: Status::Scheduled,
+                        pickup: c.pickup,
+                        dropoff: c.dropoff,
+                        recipient: c.recipient,
+                        window: c.window,
+                        tracking_token_sha256: c.tracking_token_sha256,
+                        driver: None,
+                        created_at: at,
+                        updated_at: at,
+                        events: Vec::new(),
+                    },
+                );
+            }
+            (EventKind::DeliveryAssigned, Some(id)) => {
+                let Ok(a) = serde_json::from_value::<AssignedData>(e.data.clone()) else {
+                    return;
+                };
+                let Some(d) = self.deliveries.get_mut(&id) else {
+                    return;
+                };
+                let previous = d.driver.take();
+                d.driver.clone_from(&a.driver_id);
+                d.updated_at = at;
+                if let Some(r) = previous.and_then(|p| self.routes.get_mut(&p)) {
+                    r.retain(|s| s != &id);
+                }
+                if let (Some(driver), Some(stop)) = (a.driver_id, a.stop) {
+                    let r = self.routes.entry(driver).or_default();
+                    r.retain(|s| s != &id);
+                    r.insert(stop.min(r.len()), id);
+                }
+            }
+            (
+                kind @ (EventKind::DeliveryPickedUp
+                | EventKind::DeliveryDelivered
+                | EventKind::DeliveryFailed
+                | EventKind::DeliveryCancelled),
+                Some(id),
+            ) => {
+                let change = match kind {
+                    EventKind::DeliveryPickedUp => StatusChange::PickedUp,
+                    EventKind::DeliveryDelivered => StatusChange::Delivered,
+                    EventKind::DeliveryFailed => StatusChange::Failed,
+                    _ => StatusChange::Cancelled,
+                };
+                let Some(d) = self.deliveries.get_mut(&id) else {
+                    return;
+                };
+                if let Ok(to) = change.apply_to(d.status) {
+                    if to.is_final() {
+                        self.active = self.active.saturating_sub(1);
+                    }
+                    d.status = to;
+                    d.updated_at = at;
+                }
+                let driver = d.driver.clone().filter(|_| d.status.is_final());
+                if let Some(r) = driver.and_then(|drv| self.routes.get_mut(&drv)) {
+                    r.retain(|s| s != &id);
+                }
+            }
+            (EventKind::DeviceRevoked, _) => {
+                if let Ok(dd) = serde_json::from_value::<DeviceData>(e.data.clone()) {
+                    self.revoked.insert(dd.device_id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn record_location(&mut self, e: &Event, loc: Location) {
+        let Some(id) = e
+            .delivery_id
+            .as_deref()
+            .and_then(|d| DeliveryId::parse(d).ok())
+        else {
+            return;
+        };
+        if let Some(d) = self.deliveries.get_mut(&id) {
+            let at = d
+                .events
+                .partition_point(|l| (l.segment, l.offset) < (loc.segment, loc.offset));
+            d.events.insert(at, loc);
+        }
+    }
+
+    #[must_use]
+    pub fn delivery(&self, id: &DeliveryId) -> Option<&Delivery> {
+        self.deliveries.get(id)
+    }
+
+    /// The staff view of a delivery.
+    #[must_use]
+    pub fn view<'a>(&'a self, d: &'a Delivery) -> DeliveryView<'a> {
+        let stop = d
+            .driver
+            .as_ref()
+            .and_then(|drv| self.routes.get(drv))
+            .and_then(|r| r.iter().position(|s| s == &d.id));
+        DeliveryView {
+            id: &d.id,
+            status: d.status,
+            pickup: &d.pickup,
+            dropoff: &d.dropoff,
+            recipient: &d.recipient,
+            window: d.window,
+            driver_id: d.driver.as_ref(),
+            stop,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+        }
+    }
+
+    #[must_use]
+    pub fn is_revoked(&self, device: &DeviceId) -> bool {
+        self.revoked.contains(device)
+    }
+
+    #[must_use]
+    pub fn revoked(&self) -> &HashSet<DeviceId> {
+        &self.revoked
+    }
+
+    #[must_use]
+    pub fn route(&self, driver: &SubjectId) -> &[DeliveryId] {
+        self.routes.get(driver).map_or(&[], Vec::as_slice)
+    }
+
+    /// Deliveries not yet in a final state.
+    #[must_use]
+    pub fn active_count(&self) -> usize {
+        self.active
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_machine_allows_only_forward_moves() {
+        use Status as S;
+        use StatusChange as C;
+        assert_eq!(C::PickedUp.apply_to(S::Scheduled).unwrap(), S::EnRoute);
+        assert_eq!(C::Delivered.apply_to(S::Arrived).unwrap(), S::Delivered);
+        assert_eq!(C::Cancelled.apply_to(S::Scheduled).unwrap(), S::Cancelled);
+        let e = C::Delivered.apply_to(S::Scheduled).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot change status from scheduled to delivered"
+        );
+        for fin in [S::Delivered, S::Failed, S::Cancelled] {
+            for c in [C::PickedUp, C::Delivered, C::Failed, C::Cancelled] {
+                assert!(c.apply_to(fin).is_err(), "{fin:?} -> {c:?}");
+            }
+        }
+        assert!(C::PickedUp.apply_to(S::EnRoute).is_err());
+    }
+
+    #[test]
+    fn fences_are_validated() {
+        let circle = |lat, lng, r| Fence {
+            lat: Some(lat),
+            lng: Some(lng),
+            radius_m: Some(r),
+            polygon: None,
+        };
+        assert!(circle(60.17, 24.94, 40.0).validate("pickup").is_ok());
+        let e = circle(91.0, 24.94, 40.0)
+            .validate("pickup")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("pickup: lat out of range"), "{e}");
+        assert!(circle(60.0, 24.0, 0.5).validate("d").is_err());
+        assert!(circle(60.0, 24.0, f64::NAN).validate("d").is_err());
+        let poly = |p: Vec<[f64; 2]>| Fence {
+            lat: None,
+            lng: None,
+            radius_m: None,
+            polygon: Some(p),
+        };
+        assert!(
+            poly(vec![[60.0, 24.0], [60.001, 24.0], [60.001, 24.001]])
+                .validate("d")
+                .is_ok()
+        );
+        assert!(
+            poly(vec![[60.0, 24.0], [60.001, 24.0]])
+                .validate("d")
+                .is_err()
+        );
+        assert!(
+            poly(vec![[60.0, 24.0], [60.001, 24.0], [60.002, 24.0]])
+                .validate("d")
+                .is_err()
+        );
+        assert!(
+            poly(vec![[60.0, 24.0], [95.0, 24.0], [60.0, 24.1]])
+                .validate("d")
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,527 @@
+//! Driver ingest: `GET /v1/driver/ws`.
+//!
+//! One task per socket reads messages in order, checks and applies pings,
+//! and answers with cumulative acks. A device has at most one live socket: a
+//! new login replaces the old one (closed with 4409). Per-device state (last
+//! seq, last fix, rate-limit buckets) outlives the socket, so a reconnect
+//! neither re-applies old pings nor resets the rate limit.
+//!
+//! An ack is sent only once every delivery-log event the acknowledged pings
+//! caused is durable. Pings on their own cause no log events yet; proximity
+//! events (arrived, departed, approaching) will, through the same path.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+
+use crate::app::App;
+use crate::auth::{AuthError, Principal, Role};
+use crate::protocol::{DriverMsg, Fix, MAX_BATCH, PingIn, ServerMsg};
+use crate::types::{DeviceId, SubjectId, TenantId, UnixMillis};
+use crate::ws::{self, Socket, close};
+
+/// How long one write to a driver may take before the socket is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A token bucket: `rate` tokens a second, at most `burst` stored.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    #[must_use]
+    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
+        Self {
+            tokens: burst,
+            rate,
+            burst,
+            at: now,
+        }
+    }
+
+    /// Takes `n` tokens if there are enough.
+    pub fn take(&mut self, n: f64, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        if self.tokens >= n {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Why a session was ended from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    Replaced,
+    Revoked,
+}
+
+/// What the server knows of one device.
+#[derive(Debug)]
+pub struct DeviceLive {
+    pub driver: SubjectId,
+    pub last_seq: u64,
+    pub last_fix: Option<Fix>,
+    pub last_seen: Option<UnixMillis>,
+    pings: Bucket,
+    messages: Bucket,
+    session: Option<(u64, oneshot::Sender<Kick>)>,
+}
+
+/// A device, always with its tenant.
+type DeviceKey = (TenantId, DeviceId);
+
+/// Every device that has connected since start-up, by tenant and device.
+#[derive(Debug, Default)]
+pub struct Devices {
+    map: Mutex<HashMap<DeviceKey, Arc<Mutex<DeviceLive>>>>,
+    next_session: AtomicU64,
+}
+
+/// One row of `GET /v1/devices`.
+#[derive(Debug, Serialize)]
+pub struct DeviceRow {
+    pub device_id: DeviceId,
+    pub driver_id: Option<SubjectId>,
+    pub connected: bool,
+    pub last_seen: Option<UnixMillis>,
+    pub last_seq: u64,
+    pub revoked: bool,
+}
+
+impl Devices {
+    fn slot(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        driver: &SubjectId,
+        app: &App,
+    ) -> Arc<Mutex<DeviceLive>> {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry((tenant.clone(), device.clone()))
+            .or_insert_with(|| {
+                let l = &app.config.limits;
+                let now = Instant::now();
+                Arc::new(Mutex::new(DeviceLive {
+                    driver: driver.clone(),
+                    last_seq: 0,
+                    last_fix: None,
+                    last_seen: None,
+                    pings: Bucket::new(l.pings_per_second, l.ping_burst, now),
+                    messages: Bucket::new(l.messages_per_second, l.message_burst, now),
+                    session: None,
+                }))
+            })
+            .clone()
+    }
+
+    /// Ends the device's live session, if any.
+    pub fn kick(&self, tenant: &TenantId, device: &DeviceId, why: Kick) {
+        let slot = self
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(tenant.clone(), device.clone()))
+            .cloned();
+        if let Some(slot) = slot {
+            let session = slot
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .session
+                .take();
+            if let Some((_, tx)) = session {
+                let _ = tx.send(why);
+            }
+        }
+    }
+
+    /// The tenant's devices seen since start-up.
+    #[must_use]
+    pub fn list(&self, tenant: &TenantId) -> Vec<DeviceRow> {
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|((_, d), slot)| {
+                let s = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                DeviceRow {
+                    device_id: d.clone(),
+                    driver_id: Some(s.driver.clone()),
+                    connected: s.session.is_some(),
+                    last_seen: s.last_seen,
+                    last_seq: s.last_seq,
+                    revoked: false,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Runs one driver socket until it closes.
+pub async fn run(app: Arc<App>, mut ws: Socket, auth: Result<Principal, AuthError>) {
+    let principal = match auth {
+        Ok(p) => p,
+        Err(e) => {
+            app.metrics
+                .auth_failures
+                .with_label_values(&[e.reason()])
+                .inc();
+            ws::close_with(&mut ws, &app.metrics, close::UNAUTHORIZED, &e.to_string()).await;
+            return;
+        }
+    };
+    let (Role::Driver, Some(device)) = (principal.role, principal.device.clone()) else {
+        ws::close_with(
+            &mut ws,
+            &app.metrics,
+            close::FORBIDDEN,
+            "the driver stream needs a driver token",
+        )
+        .await;
+        return;
+    };
+    let Some(tenant) = app.tenant(&principal.tenant) else {
+        ws::close_with(&mut ws, &app.metrics, close::UNAUTHORIZED, "unknown tenant").await;
+        return;
+    };
+    if tenant.lock().is_revoked(&device) {
+        ws::close_with(&mut ws, &app.metrics, close::FORBIDDEN, "device revoked").await;
+        return;
+    }
+
+    let slot = app
+        .devices
+        .slot(&principal.tenant, &device, &principal.sub, &app);
+    let session_id = app.devices.next_session.fetch_add(1, Ordering::Relaxed);
+    let (kick_tx, mut kick_rx) = oneshot::channel();
+    {
+        let mut s = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, old)) = s.session.replace((session_id, kick_tx)) {
+            let _ = old.send(Kick::Replaced);
+        }
+        s.driver = principal.sub.clone();
+    }
+    let gauge = app.metrics.connections.with_label_values(&["driver"]);
+    gauge.inc();
+    tracing::debug!(tenant = %principal.tenant, session = session_id, "driver connected");
+
+    let mut session = Session {
+        app: &app,
+        principal,
+        device,
+        slot: &slot,
+    };
+    let code = session.serve(&mut ws, &mut kick_rx).await;
+    if let Some((code, reason)) = code {
+        ws::close_with(&mut ws, &app.metrics, code, reason).await;
+    }
+
+    {
+        let mut s = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.session.as_ref().is_some_and(|(id, _)| *id == session_id) {
+            s.session = None;
+        }
+    }
+    gauge.dec();
+    tracing::debug!(session = session_id, "driver disconnected");
+}
+
+struct Session<'a> {
+    app: &'a App,
+    principal: Principal,
+    device: DeviceId,
+    slot: &'a Mutex<DeviceLive>,
+}
+
+/// What to do after handling one message.
+enum Next {
+    Continue,
+    Close(u16, &'static str),
+}
+
+fn expiry(exp_s: i64) -> tokio::time::Instant {
+    let left_ms = exp_s
+        .saturating_mul(1000)
+        .saturating_sub(UnixMillis::now().0)
+        .max(0);
+    tokio::time::Instant::now() + Duration::from_millis(u64::try_from(left_ms).unwrap_or(0))
+}
+
+impl Session<'_> {
+    /// Serves the socket; returns the close code to send, if the server closes.
+    async fn serve(
+        &mut self,
+        ws: &mut Socket,
+        kick: &mut oneshot::Receiver<Kick>,
+    ) -> Option<(u16, &'static str)> {
+        let hello = ServerMsg::Config {
+            ping_interval_ms: self.app.config.limits.ping_interval_ms,
+        };
+        if self.send(ws, &hello).await.is_err() {
+            return None;
+        }
+        let mut expires = expiry(self.principal.exp);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.app.shutdown.cancelled() => return Some((close::GOING_AWAY, "server draining")),
+                why = &mut *kick => {
+                    return Some(match why {
+                        Ok(Kick::Revoked) => (close::FORBIDDEN, "device revoked"),
+                        _ => (close::REPLACED, "replaced by a newer connection of this device"),
+                    });
+                }
+                () = tokio::time::sleep_until(expires) => return Some((close::UNAUTHORIZED, "token expired")),
+                msg = ws.next() => {
+                    let next = match msg {
+                        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                            Next::Close(close::TOO_BIG, "message too large")
+                        }
+                        None | Some(Ok(Message::Close(_)) | Err(_)) => return None,
+                        Some(Ok(Message::Text(t))) => self.on_text(ws, t.as_str(), &mut expires).await,
+                        Some(Ok(Message::Binary(_))) => {
+                            Next::Close(close::PROTOCOL, "binary frames are not part of the protocol")
+                        }
+                        Some(Ok(_)) => Next::Continue,
+                    };
+                    match next {
+                        Next::Continue => {}
+                        Next::Close(code, reason) => return Some((code, reason)),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, ws: &mut Socket, msg: &ServerMsg) -> Result<(), ()> {
+        let text = serde_json::to_string(msg).map_err(|_| ())?;
+        match tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Text(text.into()))).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    async fn error(&self, ws: &mut Socket, code: &str, message: String, seq: Option<u64>) -> Next {
+        let msg = ServerMsg::Error {
+            code: code.to_owned(),
+            message,
+            seq,
+        };
+        if self.send(ws, &msg).await.is_err() {
+            return Next::Close(close::GOING_AWAY, "write failed");
+        }
+        Next::Continue
+    }
+
+    async fn on_text(
+        &mut self,
+        ws: &mut Socket,
+        text: &str,
+        expires: &mut tokio::time::Instant,
+    ) -> Next {
+        let now = Instant::now();
+        if !self.live().messages.take(1.0, now) {
+            self.app
+                .metrics
+                .pings_rejected
+                .with_label_values(&["rate_limited"])
+                .inc();
+            return Next::Close(close::RATE_LIMITED, "too many messages");
+        }
+        let msg = match serde_json::from_str::<DriverMsg>(text) {
+            Ok(m) => m,
+            Err(e) => return self.on_bad_message(ws, text, &e).await,
+        };
+        match msg {
+            DriverMsg::Ping(p) => self.on_pings(ws, std::slice::from_ref(&p)).await,
+            DriverMsg::Batch { pings } => {
+                if pings.len() > MAX_BATCH {
+                    return self
+                        .error(
+                            ws,
+                            "batch_too_large",
+                            format!(
+                                "a batch holds at most {MAX_BATCH} pings, got {}",
+                                pings.len()
+                            ),
+                            None,
+                        )
+                        .await;
+                }
+                if pings.windows(2).any(|w| w[0].seq >= w[1].seq) {
+                    return self
+                        .error(
+                            ws,
+                            "bad_batch",
+                            "pings in a batch must have strictly ascending seq".into(),
+                            None,
+                        )
+                        .await;
+                }
+                self.on_pings(ws, &pings).await
+            }
+            DriverMsg::Refresh { token } => self.on_refresh(&token, expires),
+        }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, DeviceLive> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A message that did not parse: not JSON is a protocol violation; an
+    /// unknown type or a ping with wrong types gets an error and the socket lives on.
+    async fn on_bad_message(&self, ws: &mut Socket, text: &str, e: &serde_json::Error) -> Next {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+            self.app
+                .metrics
+                .pings_rejected
+                .with_label_values(&["malformed"])
+                .inc();
+            return Next::Close(close::PROTOCOL, "malformed JSON");
+        };
+        let kind = value.get("type").and_then(serde_json::Value::as_str);
+        match kind {
+            Some("ping" | "batch" | "refresh") => {
+                self.app
+                    .metrics
+                    .pings_rejected
+                    .with_label_values(&["bad_message"])
+                    .inc();
+                let seq = value.get("seq").and_then(serde_json::Value::as_u64);
+                let code = if kind == Some("ping") {
+                    "bad_ping"
+                } else {
+                    "bad_message"
+                };
+                self.error(ws, code, e.to_string(), seq).await
+            }
+            Some(_) => {
+                self.error(ws, "unknown_type", "unknown message type".into(), None)
+                    .await
+            }
+            None => {
+                self.error(
+                    ws,
+                    "bad_message",
+                    "a message needs a string \"type\"".into(),
+                    None,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn on_pings(&mut self, ws: &mut Socket, pings: &[PingIn]) -> Next {
+        let now = UnixMillis::now();
+        let mut errors = Vec::new();
+        let ack = {
+            let mut live = self.live();
+            // Only new pings spend the budget: a replayed batch is free.
+            let fresh = pings.iter().filter(|p| p.seq > live.last_seq).count();
+            if !live.pings.take(fresh as f64, Instant::now()) {
+                drop(live);
+                self.app
+                    .metrics
+                    .pings_rejected
+                    .with_label_values(&["rate_limited"])
+                    .inc();
+                return Next::Close(close::RATE_LIMITED, "too many pings");
+            }
+            for p in pings {
+                if p.seq <= live.last_seq {
+                    self.app.metrics.pings_duplicate.inc();
+                    continue;
+                }
+                // A refused ping is consumed too: the error says why, and the
+                // ack that follows tells the app to drop it from its buffer.
+                live.last_seq = p.seq;
+                match p.validate(now) {
+                    Ok(fix) => {
+                        self.app.metrics.pings_accepted.inc();
+                        if live.last_fix.is_none_or(|f| f.ts <= fix.ts) {
+                            live.last_fix = Some(fix);
+                        }
+                        live.last_seen = Some(now);
+                    }
+                    Err(err) => {
+                        self.app
+                            .metrics
+                            .pings_rejected
+                            .with_label_values(&[err.code()])
+                            .inc();
+                        errors.push((err.code(), err.to_string(), p.seq));
+                    }
+                }
+            }
+            live.last_seq
+        };
+        for (code, message, seq) in errors {
+            if let Next::Close(c, r) = self.error(ws, code, message, Some(seq)).await {
+                return Next::Close(c, r);
+            }
+        }
+        if self.send(ws, &ServerMsg::Ack { seq: ack }).await.is_err() {
+            return Next::Close(close::GOING_AWAY, "write failed");
+        }
+        self.app.metrics.acks_sent.inc();
+        Next::Continue
+    }
+
+    fn on_refresh(&mut self, token: &str, expires: &mut tokio::time::Instant) -> Next {
+        match self.app.verifier.verify(token, UnixMillis::now()) {
+            Err(e) => {
+                self.app
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                Next::Close(close::UNAUTHORIZED, "refresh token invalid")
+            }
+            Ok(p) => {
+                if p.tenant != self.principal.tenant
+                    || p.sub != self.principal.sub
+                    || p.role != Role::Driver
+                    || p.device.as_ref() != Some(&self.device)
+                {
+                    return Next::Close(
+                        close::FORBIDDEN,
+                        "refresh token is for another driver or device",
+                    );
+                }
+                *expires = expiry(p.exp);
+                self.principal = p;
+                Next::Continue
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_refills_at_its_rate_up_to_its_burst() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(10.0, 20.0, t0);
+        assert!(b.take(20.0, t0));
+        assert!(!b.take(1.0, t0));
+        assert!(b.take(5.0, t0 + Duration::from_millis(500)));
+        assert!(!b.take(1.0, t0 + Duration::from_millis(500)));
+        assert!(b.take(20.0, t0 + Duration::from_secs(100)));
+        assert!(!b.take(0.5, t0 + Duration::from_secs(100)));
+    }
+}

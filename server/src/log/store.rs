@@ -1,0 +1,519 @@
+//! Segment files, crash recovery, and the group-commit writer.
+//!
+//! The log is a folder of append-only NDJSON segment files named
+//! `00000001.ndjson`, `00000002.ndjson`, … Each line is one [`StoredEvent`].
+//! One writer thread owns the active segment: it takes every append that is
+//! waiting, writes them with one `write`, makes them durable with one
+//! `fdatasync`, and only then answers each caller (group commit). There is
+//! no code path that rewrites or deletes a line, except start-up recovery
+//! cutting a torn tail that was never acknowledged.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::event::{GENESIS, StoredEvent};
+use crate::metrics::Metrics;
+
+/// A segment is closed and a new one started past this size.
+pub const SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Most appends in one group commit, so one group's latency stays bounded.
+const MAX_GROUP_EVENTS: usize = 4096;
+
+/// Where a line lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub segment: u32,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// Errors of the log's storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("log I/O on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "log is corrupt at segment {segment} offset {offset}: {reason}; run `rxtrack log verify`"
+    )]
+    Corrupt {
+        segment: u32,
+        offset: u64,
+        reason: String,
+    },
+    #[error(
+        "the delivery log stopped accepting writes after an I/O error; the server must be restarted"
+    )]
+    Poisoned,
+    #[error("the delivery log is shut down")]
+    Closed,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The path of segment `n`.
+#[must_use]
+pub fn segment_path(dir: &Path, n: u32) -> PathBuf {
+    dir.join(format!("{n:08}.ndjson"))
+}
+
+/// The segment numbers present, ascending.
+pub fn list_segments(dir: &Path) -> Result<Vec<u32>, StoreError> {
+    let mut v = Vec::new();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(v),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".ndjson")) else {
+            continue;
+        };
+        if let Ok(n) = stem.parse::<u32>() {
+            v.push(n);
+        }
+    }
+    v.sort_unstable();
+    Ok(v)
+}
+
+/// Calls `each` with every whole line of every segment, in log order, until
+/// it returns `false`. With `limit = Some((segment, len))`, stops there (the
+/// durable end); a trailing line without `\n` is never passed on.
+pub fn scan_segments(
+    dir: &Path,
+    limit: Option<(u32, u64)>,
+    mut each: impl FnMut(&[u8], Location) -> bool,
+) -> Result<(), StoreError> {
+    for seg in list_segments(dir)? {
+        let seg_limit = match limit {
+            Some((s, _)) if seg > s => break,
+            Some((s, len)) if seg == s => len,
+            _ => u64::MAX,
+        };
+        let path = segment_path(dir, seg);
+        let f = File::open(&path).map_err(io_err(&path))?;
+        let mut reader = BufReader::new(f.take(seg_limit));
+        let mut offset = 0u64;
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line).map_err(io_err(&path))?;
+            if n == 0 || line.last() != Some(&b'\n') {
+                break;
+            }
+            let loc = Location {
+                segment: seg,
+                offset,
+                len: u32::try_from(n - 1).unwrap_or(u32::MAX),
+            };
+            if !each(&line[..n - 1], loc) {
+                return Ok(());
+            }
+            offset += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Follows each tenant's chain: sequence numbers without gaps, `prev`
+/// matching the previous hash, and each hash matching its content.
+#[derive(Debug, Default)]
+pub struct ChainChecker {
+    heads: HashMap<String, (u64, String)>,
+}
+
+impl ChainChecker {
+    /// Checks the next event of its tenant's chain and advances the chain.
+    pub fn check(&mut self, e: &StoredEvent) -> Result<(), String> {
+        let (last_seq, last_hash) = self
+            .heads
+            .get(&e.tenant)
+            .map_or((0, GENESIS), |(s, h)| (*s, h.as_str()));
+        if e.seq != last_seq + 1 {
+            return Err(format!(
+                "tenant {} event seq {} follows seq {last_seq} (gap or reorder)",
+                e.tenant, e.seq
+            ));
+        }
+        if e.prev != last_hash {
+            return Err(format!(
+                "tenant {} event seq {}: prev does not match the hash of seq {last_seq}",
+                e.tenant, e.seq
+            ));
+        }
+        if e.compute_hash() != e.hash {
+            return Err(format!(
+                "tenant {} event seq {}: hash does not match its content (edited)",
+                e.tenant, e.seq
+            ));
+        }
+        self.heads.insert(e.tenant.clone(), (e.seq, e.hash.clone()));
+        Ok(())
+    }
+
+    /// Each tenant's last `(seq, hash)`.
+    #[must_use]
+    pub fn into_heads(self) -> HashMap<String, (u64, String)> {
+        self.heads
+    }
+
+    #[must_use]
+    pub fn heads(&self) -> &HashMap<String, (u64, String)> {
+        &self.heads
+    }
+}
+
+/// What recovery found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    pub events: u64,
+    /// Bytes cut from a torn tail (never acknowledged).
+    pub truncated_bytes: u64,
+    pub heads: HashMap<String, (u64, String)>,
+}
+
+/// Reads every segment, checks the chains, cuts a torn tail of the last
+/// segment back to the last whole event, and calls `each` for every event
+/// in log order. Damage anywhere else is an error: it is never repaired
+/// silently.
+pub fn recover(
+    dir: &Path,
+    mut each: impl FnMut(StoredEvent, Location) -> anyhow::Result<()>,
+) -> anyhow::Result<Recovery> {
+    let segments = list_segments(dir)?;
+    let mut checker = ChainChecker::default();
+    let mut rec = Recovery::default();
+    for (i, &seg) in segments.iter().enumerate() {
+        let last_segment = i + 1 == segments.len();
+        let path = segment_path(dir, seg);
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(io_err(&path))?;
+        let mut offset = 0usize;
+        while offset < bytes.len() {
+            let rest = &bytes[offset..];
+            let line_end = rest.iter().position(|&b| b == b'\n');
+            let is_last_line = line_end.is_none_or(|end| offset + end + 1 == bytes.len());
+            let outcome = match line_end {
+                None => Err("line has no end (torn write)".to_owned()),
+                Some(end) => serde_json::from_slice::<StoredEvent>(&rest[..end])
+                    .map_err(|e| format!("unreadable event: {e}"))
+                    .and_then(|ev| checker.check(&ev).map(|()| (ev, end))),
+            };
+            match outcome {
+                Ok((ev, end)) => {
+                    let loc = Location {
+                        segment: seg,
+                        offset: offset as u64,
+                        len: u32::try_from(end).unwrap_or(u32::MAX),
+                    };
+                    each(ev, loc)?;
+                    rec.events += 1;
+                    offset += end + 1;
+                }
+                Err(reason) if last_segment && is_last_line => {
+                    let keep = offset as u64;
+                    rec.truncated_bytes = bytes.len() as u64 - keep;
+                    tracing::warn!(
+                        segment = seg,
+                        offset = keep,
+                        cut_bytes = rec.truncated_bytes,
+                        %reason,
+                        "cutting a torn tail from the delivery log (it was never acknowledged)"
+                    );
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(io_err(&path))?;
+                    f.set_len(keep).map_err(io_err(&path))?;
+                    f.sync_all().map_err(io_err(&path))?;
+                    break;
+                }
+                Err(reason) => {
+                    return Err(StoreError::Corrupt {
+                        segment: seg,
+                        offset: offset as u64,
+                        reason,
+                    }
+                    .into());
+                }
+            }
+        }
+    }
+    rec.heads = checker.into_heads();
+    Ok(rec)
+}
+
+/// One line to append, and who to tell once it is durable.
+struct Append {
+    line: Vec<u8>,
+    done: oneshot::Sender<Result<Location, Arc<StoreError>>>,
+}
+
+enum Msg {
+    Append(Append),
+    Close(oneshot::Sender<()>),
+}
+
+/// How far the log is durable: the active segment and its durable length.
+#[derive(Clone, Copy, Debug, Default)]
+struct DurableMark {
+    segment: u32,
+    len: u64,
+}
+
+/// The handle to the segment files: appends through the writer thread,
+/// reads straight from the files.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    tx: mpsc::UnboundedSender<Msg>,
+    poisoned: Arc<AtomicBool>,
+    durable: Arc<Mutex<DurableMark>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// A pending append: resolves once the line is durable.
+pub type Pending = oneshot::Receiver<Result<Location, Arc<StoreError>>>;
+
+impl Store {
+    /// Opens the log folder for appending (call [`recover`] first).
+    pub fn open(dir: &Path, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+        crate::fsutil::create_private_dir(dir).map_err(io_err(dir))?;
+        let segments = list_segments(dir)?;
+        let segment = segments.last().copied().unwrap_or(1);
+        let path = segment_path(dir, segment);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        crate::fsutil::sync_dir(dir).map_err(io_err(dir))?;
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        let durable = Arc::new(Mutex::new(DurableMark { segment, len }));
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = Writer {
+            dir: dir.to_owned(),
+            segment,
+            len,
+            file,
+            poisoned: poisoned.clone(),
+            durable: durable.clone(),
+            metrics,
+        };
+        let handle = std::thread::Builder::new()
+            .name("rxtrack-log-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io_err(dir))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            tx,
+            poisoned,
+            durable,
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Queues a line (ending in `\n`) for the next group commit. Lines are
+    /// written in the order this is called.
+    #[must_use]
+    pub fn append(&self, line: Vec<u8>) -> Pending {
+        let (done, rx) = oneshot::channel();
+        if self.poisoned.load(Ordering::Acquire) {
+            let _ = done.send(Err(Arc::new(StoreError::Poisoned)));
+        } else if let Err(mpsc::error::SendError(Msg::Append(a))) =
+            self.tx.send(Msg::Append(Append { line, done }))
+        {
+            let _ = a.done.send(Err(Arc::new(StoreError::Closed)));
+        }
+        rx
+    }
+
+    /// Whether the log still accepts writes.
+    #[must_use]
+    pub fn healthy(&self) -> bool {
+        !self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Reads one line back.
+    pub fn read(&self, loc: Location) -> Result<Vec<u8>, StoreError> {
+        let path = segment_path(&self.dir, loc.segment);
+        let f = File::open(&path).map_err(io_err(&path))?;
+        let mut buf = vec![0u8; loc.len as usize];
+        f.read_exact_at(&mut buf, loc.offset)
+            .map_err(io_err(&path))?;
+        Ok(buf)
+    }
+
+    /// Calls `each` with every durable line, in log order, until it returns
+    /// `false`. Blocking: call it from a blocking thread.
+    pub fn scan(&self, each: impl FnMut(&[u8], Location) -> bool) -> Result<(), StoreError> {
+        let mark = *self
+            .durable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        scan_segments(&self.dir, Some((mark.segment, mark.len)), each)
+    }
+
+    /// Writes and syncs everything queued, then stops the writer.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    segment: u32,
+    len: u64,
+    file: File,
+    poisoned: Arc<AtomicBool>,
+    durable: Arc<Mutex<DurableMark>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        let mut group: Vec<Append> = Vec::new();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut close = None;
+            match first {
+                Msg::Append(a) => group.push(a),
+                Msg::Close(c) => close = Some(c),
+            }
+            while close.is_none() && group.len() < MAX_GROUP_EVENTS {
+                match rx.try_recv() {
+                    Ok(Msg::Append(a)) => group.push(a),
+                    Ok(Msg::Close(c)) => close = Some(c),
+                    Err(_) => break,
+                }
+            }
+            if !group.is_empty() {
+                self.commit(&mut group, &mut buf);
+            }
+            if let Some(c) = close {
+                let _ = c.send(());
+                // Anything still queued after Close is refused.
+                rx.close();
+                while let Ok(m) = rx.try_recv() {
+                    if let Msg::Append(a) = m {
+                        let _ = a.done.send(Err(Arc::new(StoreError::Closed)));
+                    }
+                }
+                return;
+            }
+        }
+    }
+
+    fn commit(&mut self, group: &mut Vec<Append>, buf: &mut Vec<u8>) {
+        if self.poisoned.load(Ordering::Acquire) {
+            for a in group.drain(..) {
+                let _ = a.done.send(Err(Arc::new(StoreError::Poisoned)));
+            }
+            return;
+        }
+        let result = self.write_group(group, buf);
+        match result {
+            Ok(locations) => {
+                self.metrics.log_appends.inc_by(group.len() as u64);
+                self.metrics.log_group_size.observe(group.len() as f64);
+                for (a, loc) in group.drain(..).zip(locations) {
+                    let _ = a.done.send(Ok(loc));
+                }
+            }
+            Err(e) => {
+                // After a failed write or fsync the file's state is unknown
+                // (fsync errors are not retryable): refuse all further writes.
+                tracing::error!(error = %e, "delivery log write failed; refusing further writes");
+                self.poisoned.store(true, Ordering::Release);
+                self.metrics.log_write_errors.inc();
+                let e = Arc::new(e);
+                for a in group.drain(..) {
+                    let _ = a.done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    fn write_group(
+        &mut self,
+        group: &[Append],
+        buf: &mut Vec<u8>,
+    ) -> Result<Vec<Location>, StoreError> {
+        if self.len >= SEGMENT_MAX_BYTES {
+            self.rotate()?;
+        }
+        buf.clear();
+        let mut locations = Vec::with_capacity(group.len());
+        for a in group {
+            locations.push(Location {
+                segment: self.segment,
+                offset: self.len + buf.len() as u64,
+                len: u32::try_from(a.line.len().saturating_sub(1)).unwrap_or(u32::MAX),
+            });
+            buf.extend_from_slice(&a.line);
+        }
+        let path = segment_path(&self.dir, self.segment);
+        self.file.write_all(buf).map_err(io_err(&path))?;
+        let started = Instant::now();
+        self.file.sync_data().map_err(io_err(&path))?;
+        self.metrics
+            .log_fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.len += buf.len() as u64;
+        *self
+            .durable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = DurableMark {
+            segment: self.segment,
+            len: self.len,
+        };
+        Ok(locations)
+    }
+
+    fn rotate(&mut self) -> Result<(), StoreError> {
+        let next = self.segment + 1;
+        let path = segment_path(&self.dir, next);
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        crate::fsutil::sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        file.seek(SeekFrom::End(0)).map_err(io_err(&path))?;
+        self.file = file;
+        self.segment = next;
+        self.len = 0;
+        Ok(())
+    }
+}

@@ -1,0 +1,278 @@
+//! The `rxtrack` command line.
+#![allow(
+    clippy::print_stdout,
+    reason = "a command line prints its results and quick start on stdout"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use rxtrack_server::auth::{AUDIENCE, Claims, Role, mint_hs256};
+use rxtrack_server::config::{Config, DEFAULT_DATA_DIR, DEMO_TENANT};
+use rxtrack_server::types::UnixMillis;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "rxtrack",
+    version,
+    about = "Real-time live tracking for pharmacy and medical deliveries"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Where {
+    /// Configuration file (TOML). Without one, a single demo node runs.
+    #[arg(long, env = "RXTRACK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data folder (overrides the configuration's `data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        #[command(flatten)]
+        at: Where,
+        /// Listen address (overrides the configuration's `listen`).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Log format on stderr.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
+    /// Mint a token with a tenant's configured HS256 secret (development and tests).
+    Token {
+        #[command(flatten)]
+        at: Where,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// `admin`, `dispatcher`, `viewer`, `pharmacy_staff` or `driver`.
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        sub: String,
+        /// Device id (drivers).
+        #[arg(long)]
+        device: Option<String>,
+        /// Lifetime: 90s, 15m, 1h, 12h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Delivery-log tools.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Check every tenant's hash chain offline; names the first bad event.
+    Verify {
+        #[command(flatten)]
+        at: Where,
+    },
+}
+
+fn load_config(at: &Where) -> anyhow::Result<(Config, bool)> {
+    let Some(path) = &at.config else {
+        let dir = at
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        return Ok((Config::demo(&dir)?, true));
+    };
+    let mut c = Config::load(path)?;
+    if let Some(d) = &at.data_dir {
+        c.data_dir.clone_from(d);
+    }
+    Ok((c, false))
+}
+
+fn parse_ttl(s: &str) -> anyhow::Result<i64> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("--ttl {s:?}: expected a number and s, m or h"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => bail!("--ttl {s:?}: the unit must be s, m or h"),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .context("--ttl out of range")
+}
+
+fn token(
+    at: &Where,
+    tenant: Option<&str>,
+    role: &str,
+    sub: &str,
+    device: Option<&str>,
+    ttl: &str,
+) -> anyhow::Result<()> {
+    let (config, _) = load_config(at)?;
+    let tenant = match tenant {
+        Some(t) => config
+            .tenant(t)
+            .with_context(|| format!("tenant {t} is not configured"))?,
+        None => config.tenants.first().context("no tenant configured")?,
+    };
+    let secret = tenant
+        .hs256_secret
+        .as_deref()
+        .with_context(|| format!("tenant {} has no HS256 secret to sign with", tenant.id))?;
+    let role = Role::parse(role).with_context(|| format!("unknown role {role:?}"))?;
+    if role == Role::Driver && device.is_none() {
+        bail!("a driver token needs --device");
+    }
+    let now = UnixMillis::now().as_secs();
+    let claims = Claims {
+        tid: tenant.id.to_string(),
+        sub: sub.to_owned(),
+        role,
+        aud: AUDIENCE.to_owned(),
+        iat: now,
+        exp: now + parse_ttl(ttl)?,
+        did: device.map(str::to_owned),
+        auth_time: Some(now),
+    };
+    println!("{}", mint_hs256(secret, &claims));
+    Ok(())
+}
+
+fn verify(at: &Where) -> anyhow::Result<ExitCode> {
+    let dir = match (&at.data_dir, &at.config) {
+        (Some(d), _) => d.clone(),
+        (None, Some(_)) => load_config(at)?.0.data_dir,
+        (None, None) => PathBuf::from(DEFAULT_DATA_DIR),
+    };
+    let report = rxtrack_server::log::verify_dir(&dir.join("log"))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn quick_start(addr: &str, data_dir: &Path) {
+    let url = format!("http://{addr}");
+    println!(
+        "\nNo configuration given: this is a single node with the demo tenant \"{DEMO_TENANT}\".
+  data folder: {dir} (the tenant's signing secret is {dir}/demo-tenant.secret)
+
+Mint tokens (run from this folder):
+  rxtrack token --role dispatcher --sub alice
+  rxtrack token --role driver --sub d1 --device phone-1 --ttl 12h
+
+Create a delivery and stream a driver:
+  T=$(rxtrack token --role dispatcher --sub alice)
+  curl -s -X POST {url}/v1/deliveries -H \"Authorization: Bearer $T\" \\
+    -d '{{\"id\":\"rx-1\",\"pickup\":{{\"lat\":60.1699,\"lng\":24.9384,\"radius_m\":60}},\"dropoff\":{{\"lat\":60.1718,\"lng\":24.9414,\"radius_m\":40}},\"recipient\":{{\"first_name\":\"Ana\"}}}}'
+  curl -s -X PUT {url}/v1/drivers/d1/route -H \"Authorization: Bearer $T\" -d '{{\"stops\":[\"rx-1\"]}}'
+  driver socket: ws://{addr}/v1/driver/ws (subprotocols \"rxtrack.v1, bearer.<driver token>\")
+  events: curl -s {url}/v1/deliveries/rx-1/events -H \"Authorization: Bearer $T\"
+
+Operations: {url}/healthz  {url}/readyz  {url}/metrics
+Verify the log offline: rxtrack log verify
+For production, write rxtrack.toml (see README.md) and run: rxtrack serve --config rxtrack.toml
+",
+        dir = data_dir.display()
+    );
+}
+
+async fn serve(at: &Where, listen: Option<&str>, log_format: &str) -> anyhow::Result<()> {
+    init_tracing(log_format);
+    let (mut config, demo) = load_config(at)?;
+    if let Some(l) = listen {
+        config.listen = l
+            .parse()
+            .with_context(|| format!("--listen {l:?} is not an address"))?;
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?.to_string();
+    println!("rxtrack listening on http://{addr}");
+    if demo {
+        quick_start(&addr, &config.data_dir);
+    }
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("signal received");
+        on_signal.cancel();
+    });
+    rxtrack_server::run(listener, config, shutdown).await
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            at,
+            listen,
+            log_format,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")
+            .and_then(|rt| rt.block_on(serve(&at, listen.as_deref(), &log_format)))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Token {
+            at,
+            tenant,
+            role,
+            sub,
+            device,
+            ttl,
+        } => token(&at, tenant.as_deref(), &role, &sub, device.as_deref(), &ttl)
+            .map(|()| ExitCode::SUCCESS),
+        Command::Log {
+            command: LogCommand::Verify { at },
+        } => verify(&at),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rxtrack: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

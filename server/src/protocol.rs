@@ -1,0 +1,220 @@
+//! Wire types of the driver stream (PROTOCOL.md), and the pure validation of
+//! a ping. No I/O and no clocks: time comes in as an argument.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{LatLng, UnixMillis};
+
+/// Most pings in one `batch` message.
+pub const MAX_BATCH: usize = 1000;
+/// How far ahead of the server's clock a ping's `ts` may be.
+pub const MAX_FUTURE_MS: i64 = 2 * 60 * 1000;
+/// How far behind the server's clock a ping's `ts` may be.
+pub const MAX_AGE_MS: i64 = 24 * 60 * 60 * 1000;
+/// Largest plausible accuracy radius, metres.
+pub const MAX_ACCURACY_M: f64 = 100_000.0;
+/// Largest plausible ground speed, m/s (about 720 km/h: covers any road vehicle and bad fixes).
+pub const MAX_SPEED_MS: f64 = 200.0;
+
+/// A ping as the driver app sends it. Unknown fields are ignored so that
+/// newer apps keep working against this server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PingIn {
+    pub seq: u64,
+    pub ts: i64,
+    pub lat: f64,
+    pub lng: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heading: Option<f64>,
+}
+
+/// A message from the driver app.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DriverMsg {
+    Ping(PingIn),
+    Batch { pings: Vec<PingIn> },
+    Refresh { token: String },
+}
+
+/// A message to the driver app.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    Ack {
+        seq: u64,
+    },
+    Error {
+        code: String,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+    Config {
+        ping_interval_ms: u64,
+    },
+}
+
+/// A validated fix.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fix {
+    pub seq: u64,
+    pub ts: UnixMillis,
+    pub pos: LatLng,
+    pub acc: Option<f64>,
+    pub speed: Option<f64>,
+    pub heading: Option<f64>,
+}
+
+/// Why a ping was refused. `code()` is the wire code.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum PingError {
+    #[error("{0}")]
+    Coord(#[from] crate::types::CoordError),
+    #[error("acc {0} must be a finite number within 0..={MAX_ACCURACY_M}")]
+    Accuracy(f64),
+    #[error("speed {0} must be a finite number within 0..={MAX_SPEED_MS}")]
+    Speed(f64),
+    #[error("heading {0} must be a finite number within 0..=360")]
+    Heading(f64),
+    #[error("ts is {0} ms ahead of the server clock (at most {MAX_FUTURE_MS} allowed)")]
+    InFuture(i64),
+    #[error("ts is {0} ms old (at most {MAX_AGE_MS} allowed)")]
+    TooOld(i64),
+}
+
+impl PingError {
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            PingError::InFuture(_) => "ts_in_future",
+            PingError::TooOld(_) => "ts_too_old",
+            _ => "bad_ping",
+        }
+    }
+}
+
+fn in_range(v: Option<f64>, hi: f64) -> bool {
+    v.is_none_or(|x| x.is_finite() && (0.0..=hi).contains(&x))
+}
+
+impl PingIn {
+    /// Checks a ping against the server's clock `now`.
+    pub fn validate(&self, now: UnixMillis) -> Result<Fix, PingError> {
+        let pos = LatLng::new(self.lat, self.lng)?;
+        if !in_range(self.acc, MAX_ACCURACY_M) {
+            return Err(PingError::Accuracy(self.acc.unwrap_or(f64::NAN)));
+        }
+        if !in_range(self.speed, MAX_SPEED_MS) {
+            return Err(PingError::Speed(self.speed.unwrap_or(f64::NAN)));
+        }
+        if !in_range(self.heading, 360.0) {
+            return Err(PingError::Heading(self.heading.unwrap_or(f64::NAN)));
+        }
+        let ahead = self.ts.saturating_sub(now.0);
+        if ahead > MAX_FUTURE_MS {
+            return Err(PingError::InFuture(ahead));
+        }
+        let age = now.0.saturating_sub(self.ts);
+        if age > MAX_AGE_MS {
+            return Err(PingError::TooOld(age));
+        }
+        Ok(Fix {
+            seq: self.seq,
+            ts: UnixMillis(self.ts),
+            pos,
+            acc: self.acc,
+            speed: self.speed,
+            heading: self.heading,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: UnixMillis = UnixMillis(1_764_072_000_000);
+
+    fn ping() -> PingIn {
+        PingIn {
+            seq: 1,
+            ts: NOW.0 - 500,
+            lat: 60.1699,
+            lng: 24.9384,
+            acc: Some(6.5),
+            speed: Some(8.1),
+            heading: Some(270.0),
+        }
+    }
+
+    #[test]
+    fn the_protocol_example_parses() {
+        let m: DriverMsg = serde_json::from_str(
+            r#"{"type":"ping","seq":42,"ts":1764072000123,"lat":60.1699,"lng":24.9384,"acc":6.5,"speed":8.1,"heading":270}"#,
+        )
+        .unwrap();
+        let DriverMsg::Ping(p) = m else {
+            panic!("not a ping")
+        };
+        assert_eq!(p.seq, 42);
+        assert_eq!(
+            serde_json::to_string(&ServerMsg::Ack { seq: 42 }).unwrap(),
+            r#"{"type":"ack","seq":42}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ServerMsg::Config {
+                ping_interval_ms: 1000
+            })
+            .unwrap(),
+            r#"{"type":"config","ping_interval_ms":1000}"#
+        );
+    }
+
+    #[test]
+    fn validation_refuses_out_of_range_values() {
+        assert!(ping().validate(NOW).is_ok());
+        let bad = |f: fn(&mut PingIn)| {
+            let mut p = ping();
+            f(&mut p);
+            p.validate(NOW).unwrap_err()
+        };
+        assert_eq!(bad(|p| p.lat = 91.0).code(), "bad_ping");
+        assert_eq!(bad(|p| p.lng = -181.0).code(), "bad_ping");
+        assert_eq!(bad(|p| p.acc = Some(-1.0)), PingError::Accuracy(-1.0));
+        assert_eq!(bad(|p| p.speed = Some(1e9)), PingError::Speed(1e9));
+        assert_eq!(bad(|p| p.heading = Some(361.0)), PingError::Heading(361.0));
+        assert_eq!(
+            bad(|p| p.ts = NOW.0 + MAX_FUTURE_MS + 1).code(),
+            "ts_in_future"
+        );
+        assert_eq!(bad(|p| p.ts = NOW.0 - MAX_AGE_MS - 1).code(), "ts_too_old");
+        assert_eq!(bad(|p| p.ts = i64::MIN).code(), "ts_too_old");
+        assert_eq!(bad(|p| p.ts = i64::MAX).code(), "ts_in_future");
+        let mut p = ping();
+        p.acc = None;
+        p.speed = None;
+        p.heading = None;
+        assert!(p.validate(NOW).is_ok());
+    }
+
+    #[test]
+    fn json_cannot_carry_nan_or_infinity() {
+        assert!(
+            serde_json::from_str::<DriverMsg>(
+                r#"{"type":"ping","seq":1,"ts":1,"lat":NaN,"lng":0}"#
+            )
+            .is_err()
+        );
+        assert!(
+            serde_json::from_str::<DriverMsg>(
+                r#"{"type":"ping","seq":1,"ts":1,"lat":1e999,"lng":0}"#
+            )
+            .is_err()
+        );
+    }
+}

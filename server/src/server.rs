@@ -1,0 +1,93 @@
+//! The accept loop, connection limits, and draining on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::config::Config;
+
+/// A client must send its request headers within this time (slowloris guard;
+/// it is also the authentication deadline, since tokens arrive in the headers).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long draining may take before remaining connections are dropped.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// Largest HTTP request head, bytes.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Runs a node on `listener` until `shutdown` is cancelled, then drains:
+/// stops accepting, closes sockets with 1001, lets requests finish, and
+/// syncs the delivery log.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = App::open(config, shutdown.clone()).context("opening the data folder")?;
+    serve(listener, app.clone()).await;
+    tracing::info!("draining");
+    app.tracker.close();
+    if tokio::time::timeout(DRAIN_DEADLINE, app.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline passed; dropping remaining connections");
+    }
+    app.store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve(listener: TcpListener, app: Arc<App>) {
+    let limit = app.conn_limit.clone();
+    let router = crate::api::router(app.clone());
+    loop {
+        let permit = tokio::select! {
+            () = app.shutdown.cancelled() => return,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (stream, _peer) = tokio::select! {
+            () = app.shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let shutdown = app.shutdown.clone();
+        let gauge = app.metrics.connections.with_label_values(&["http"]);
+        app.tracker.spawn(async move {
+            gauge.inc();
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            gauge.dec();
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,207 @@
+//! Newtypes for identifiers and units, parsed once at the edge.
+//!
+//! Every identifier that arrives from a client (tenant, delivery, device,
+//! subject) is checked here: 1 to 64 characters from a small alphabet, so an
+//! identifier can never smuggle a path separator, whitespace or markup into a
+//! file name, a log line or a page.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Longest identifier we accept, in bytes.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Why an identifier was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("{what} is empty")]
+    Empty { what: &'static str },
+    #[error("{what} is longer than {MAX_ID_LEN} characters")]
+    TooLong { what: &'static str },
+    #[error("{what} may contain only letters, digits and . _ : - (found {found:?})")]
+    BadChar { what: &'static str, found: char },
+}
+
+fn check_id(what: &'static str, s: &str) -> Result<(), IdError> {
+    if s.is_empty() {
+        return Err(IdError::Empty { what });
+    }
+    if s.len() > MAX_ID_LEN {
+        return Err(IdError::TooLong { what });
+    }
+    if let Some(found) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(IdError::BadChar { what, found });
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Parses and checks an identifier.
+            pub fn parse(s: &str) -> Result<Self, IdError> {
+                check_id($what, s)?;
+                Ok(Self(s.to_owned()))
+            }
+
+            #[must_use]
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                check_id($what, &s)?;
+                Ok(Self(s))
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::try_from(s).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A tenant (one pharmacy organisation). Every key of tenant data starts with it.
+    TenantId,
+    "tenant id"
+);
+id_type!(
+    /// A delivery, named by the pharmacy's backend (for example `rx-1001`).
+    DeliveryId,
+    "delivery id"
+);
+id_type!(
+    /// A driver's device (the `did` claim).
+    DeviceId,
+    "device id"
+);
+id_type!(
+    /// A token's subject: a user or a driver (`sub` claim, `driver_id` in routes).
+    SubjectId,
+    "subject"
+);
+
+/// Milliseconds since the Unix epoch, UTC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UnixMillis(pub i64);
+
+impl UnixMillis {
+    /// The wall clock now. Only the edges of the server call this; the pure
+    /// core takes time as an argument.
+    #[must_use]
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    #[must_use]
+    pub fn as_secs(self) -> i64 {
+        self.0.div_euclid(1000)
+    }
+}
+
+/// A WGS84 position whose values were checked to be finite and in range.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LatLng {
+    pub lat: f64,
+    pub lng: f64,
+}
+
+/// Why a coordinate was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CoordError {
+    #[error("lat out of range: {0} is not within -90..=90")]
+    Lat(f64),
+    #[error("lng out of range: {0} is not within -180..=180")]
+    Lng(f64),
+}
+
+impl LatLng {
+    pub fn new(lat: f64, lng: f64) -> Result<Self, CoordError> {
+        if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
+            return Err(CoordError::Lat(lat));
+        }
+        if !lng.is_finite() || !(-180.0..=180.0).contains(&lng) {
+            return Err(CoordError::Lng(lng));
+        }
+        Ok(Self { lat, lng })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_accept_the_usual_and_refuse_the_hostile() {
+        assert!(DeliveryId::parse("rx-1001").is_ok());
+        assert!(TenantId::parse("acme.eu:1_a").is_ok());
+        assert_eq!(
+            DeliveryId::parse(""),
+            Err(IdError::Empty {
+                what: "delivery id"
+            })
+        );
+        assert!(matches!(
+            DeliveryId::parse("../etc/passwd"),
+            Err(IdError::BadChar { found: '/', .. })
+        ));
+        assert!(matches!(
+            DeliveryId::parse("<script>"),
+            Err(IdError::BadChar { found: '<', .. })
+        ));
+        assert!(matches!(
+            DeliveryId::parse(&"a".repeat(65)),
+            Err(IdError::TooLong { .. })
+        ));
+        assert!(DeliveryId::parse(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn ids_deserialize_through_the_check() {
+        let ok: Result<DeviceId, _> = serde_json::from_str("\"phone-7\"");
+        assert!(ok.is_ok());
+        let bad: Result<DeviceId, _> = serde_json::from_str("\"phone 7\"");
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn coordinates_are_checked() {
+        assert!(LatLng::new(60.17, 24.94).is_ok());
+        assert_eq!(LatLng::new(90.5, 0.0), Err(CoordError::Lat(90.5)));
+        assert_eq!(LatLng::new(0.0, -180.01), Err(CoordError::Lng(-180.01)));
+        assert!(LatLng::new(f64::NAN, 0.0).is_err());
+        assert!(LatLng::new(0.0, f64::INFINITY).is_err());
+    }
+}
