@@ -1,1 +1,451 @@
-//! helpers
+//! Helpers for the black-box tests: start the real `rxtrack` binary on a free
+//! port with a temporary data folder, mint tokens, and talk to it over real
+//! HTTP and WebSocket connections. Nothing here links the server's code.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, protocol::CloseFrame};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The HS256 secrets of the two test tenants.
+pub const ACME_SECRET: &str = "acme-test-secret-0123456789abcdef0123";
+pub const BETA_SECRET: &str = "beta-test-secret-0123456789abcdef0123";
+
+/// The path of the `rxtrack` binary under test.
+///
+/// # Panics
+/// When the binary has not been built (`cargo test --workspace` builds it).
+pub fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("RXTRACK_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(
+        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    let p = target.join("debug/rxtrack");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --bin rxtrack` (cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
+/// Now, in milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(0)
+}
+
+/// Now, in seconds since the epoch.
+pub fn now_s() -> i64 {
+    now_ms() / 1000
+}
+
+/// Signs arbitrary claims with HS256.
+pub fn sign_hs256(secret: &[u8], header: &Value, claims: &Value) -> String {
+    let h = URL_SAFE_NO_PAD.encode(serde_json::to_vec(header).unwrap_or_default());
+    let p = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
+    let signed = format!("{h}.{p}");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let s = URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, signed.as_bytes()).as_ref());
+    format!("{signed}.{s}")
+}
+
+/// Standard claims for a tenant, role and subject, valid for 10 minutes.
+pub fn claims(tenant: &str, role: &str, sub: &str, device: Option<&str>) -> Value {
+    let now = now_s();
+    let mut c = json!({"tid": tenant, "sub": sub, "role": role, "aud": "rxtrack",
+                       "iat": now, "exp": now + 600, "auth_time": now});
+    if let Some(d) = device {
+        c["did"] = json!(d);
+    }
+    c
+}
+
+fn secret_of(tenant: &str) -> &'static [u8] {
+    if tenant == "beta" {
+        BETA_SECRET.as_bytes()
+    } else {
+        ACME_SECRET.as_bytes()
+    }
+}
+
+/// A valid token for a tenant's staff member.
+pub fn staff(tenant: &str, role: &str, sub: &str) -> String {
+    sign_hs256(
+        secret_of(tenant),
+        &json!({"alg":"HS256","typ":"JWT"}),
+        &claims(tenant, role, sub, None),
+    )
+}
+
+/// A valid driver token.
+pub fn driver(tenant: &str, sub: &str, device: &str) -> String {
+    sign_hs256(
+        secret_of(tenant),
+        &json!({"alg":"HS256","typ":"JWT"}),
+        &claims(tenant, "driver", sub, Some(device)),
+    )
+}
+
+/// Signs claims for a tenant with its secret.
+pub fn token_with(tenant: &str, claims: &Value) -> String {
+    sign_hs256(
+        secret_of(tenant),
+        &json!({"alg":"HS256","typ":"JWT"}),
+        claims,
+    )
+}
+
+/// A running `rxtrack serve`.
+#[derive(Debug)]
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    child: Option<Child>,
+    /// Everything the server wrote on stdout and stderr.
+    pub output: Arc<Mutex<String>>,
+    extra_config: String,
+    env: Vec<(String, String)>,
+}
+
+impl Server {
+    /// Starts a server with two tenants (`acme`, `beta`).
+    pub fn start() -> Self {
+        Self::start_with("", &[])
+    }
+
+    /// Starts a server with extra TOML appended to the configuration and extra environment.
+    ///
+    /// # Panics
+    /// When the server does not start.
+    pub fn start_with(extra_config: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("acme.secret"), ACME_SECRET).expect("write secret");
+        let mut s = Self {
+            dir,
+            addr: String::new(),
+            child: None,
+            output: Arc::new(Mutex::new(String::new())),
+            extra_config: extra_config.to_owned(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("rxtrack.toml")
+    }
+
+    /// The data folder.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn spawn(&mut self) {
+        let listen = if self.addr.is_empty() {
+            "127.0.0.1:0".to_owned()
+        } else {
+            self.addr.clone()
+        };
+        let config = format!(
+            "listen = \"{listen}\"\npublic_url = \"https://track.example.test\"\ndata_dir = \"data\"\n\
+             [[tenants]]\nid = \"acme\"\nhs256_secret_file = \"acme.secret\"\n\
+             [[tenants]]\nid = \"beta\"\nhs256_secret_env = \"BETA_JWT\"\n{}",
+            self.extra_config
+        );
+        std::fs::write(self.config_path(), config).expect("write config");
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(self.config_path())
+            .env("BETA_JWT", BETA_SECRET)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start rxtrack");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = self.output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("rxtrack listening on http://") {
+                    let _ = tx.send(a.to_owned());
+                }
+                push(&out, &line);
+            }
+        });
+        let out = self.output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                push(&out, &line);
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => self.addr = addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let out = self.output.lock().map(|o| o.clone()).unwrap_or_default();
+                panic!("rxtrack did not start:\n{out}");
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// The base URL.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Kills the process with SIGKILL (a crash) and waits for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    ///
+    /// # Panics
+    /// When the server does not exit within 30 s.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("server running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        for _ in 0..300 {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = c.kill();
+        panic!("rxtrack did not exit after SIGTERM");
+    }
+
+    /// Starts the server again on the same address and data folder.
+    pub fn restart(&mut self) {
+        self.kill9();
+        // The port may linger briefly; retry a few times.
+        for attempt in 0..20 {
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.spawn()));
+            if res.is_ok() {
+                return;
+            }
+            assert!(attempt < 19, "restart failed");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs another `rxtrack` subcommand against this server's configuration.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(binary())
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .env("BETA_JWT", BETA_SECRET)
+            .output()
+            .expect("run rxtrack")
+    }
+
+    /// A snapshot of everything the server printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+}
+
+fn push(out: &Mutex<String>, line: &str) {
+    if let Ok(mut o) = out.lock() {
+        o.push_str(line);
+        o.push('\n');
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An HTTP client for the API.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// A JSON response: status and body.
+pub async fn call(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let res = req.send().await.expect("request sent");
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+/// A delivery body with a circle pickup and drop-off in central Helsinki.
+pub fn delivery_body(id: &str) -> Value {
+    json!({
+        "id": id,
+        "pickup": {"lat": 60.1699, "lng": 24.9384, "radius_m": 60},
+        "dropoff": {"lat": 60.1718, "lng": 24.9414, "radius_m": 40},
+        "recipient": {"first_name": "Ana"},
+        "window": {"from": now_ms(), "to": now_ms() + 3_600_000}
+    })
+}
+
+/// A WebSocket client connection.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How a client presents its token.
+#[derive(Debug, Clone, Copy)]
+pub enum Present {
+    Header,
+    Subprotocol,
+    None,
+}
+
+/// Opens a WebSocket to `path`, presenting `token` as asked.
+///
+/// # Panics
+/// When the handshake fails.
+pub async fn ws_connect(server: &Server, path: &str, token: &str, how: Present) -> Ws {
+    let mut req = format!("ws://{}{path}", server.addr)
+        .into_client_request()
+        .expect("request");
+    match how {
+        Present::Header => {
+            req.headers_mut().insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+            );
+        }
+        Present::Subprotocol => {
+            req.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_str(&format!("rxtrack.v1, bearer.{token}")).expect("header"),
+            );
+        }
+        Present::None => {}
+    }
+    let cfg = WebSocketConfig::default()
+        .max_frame_size(Some(64 << 20))
+        .max_message_size(Some(64 << 20));
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true)
+        .await
+        .expect("websocket handshake");
+    ws
+}
+
+/// Sends a JSON text frame.
+pub async fn send_json(ws: &mut Ws, v: &Value) {
+    ws.send(Message::Text(v.to_string().into()))
+        .await
+        .expect("send");
+}
+
+/// What the server sent next: a JSON message, or the close code.
+#[derive(Debug, PartialEq)]
+pub enum Got {
+    Json(Value),
+    Closed(Option<u16>),
+}
+
+/// Reads the next message (skipping pings), waiting at most `secs`.
+///
+/// # Panics
+/// When nothing arrives in time.
+pub async fn next(ws: &mut Ws, secs: u64) -> Got {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(secs), ws.next())
+            .await
+            .expect("a message in time");
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                return Got::Json(serde_json::from_str(t.as_str()).expect("JSON from server"));
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return Got::Closed(frame.map(|f: CloseFrame| u16::from(f.code)));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Got::Closed(None),
+        }
+    }
+}
+
+/// Reads until the socket closes, returning the close code.
+pub async fn close_code(ws: &mut Ws, secs: u64) -> Option<u16> {
+    loop {
+        if let Got::Closed(c) = next(ws, secs).await {
+            return c;
+        }
+    }
+}
+
+/// Reads messages until an ack arrives; returns the ack's seq and any errors seen before it.
+pub async fn until_ack(ws: &mut Ws) -> (u64, Vec<Value>) {
+    let mut errors = Vec::new();
+    loop {
+        match next(ws, 10).await {
+            Got::Json(v) if v["type"] == "ack" => return (v["seq"].as_u64().unwrap_or(0), errors),
+            Got::Json(v) if v["type"] == "error" => errors.push(v),
+            Got::Json(_) => {}
+            Got::Closed(c) => panic!("closed with {c:?} while waiting for an ack"),
+        }
+    }
+}
+
+/// A ping at `seq`, now, near central Helsinki.
+pub fn ping(seq: u64) -> Value {
+    json!({"type":"ping","seq":seq,"ts":now_ms(),"lat":60.1699 + seq as f64 * 1e-5,"lng":24.9384,"acc":6.5,"speed":8.1,"heading":270})
+}
+
+/// Connects a driver and consumes the initial `config` message.
+///
+/// # Panics
+/// When the first message is not `config`.
+pub async fn driver_connect(server: &Server, token: &str) -> Ws {
+    let mut ws = ws_connect(server, "/v1/driver/ws", token, Present::Subprotocol).await;
+    match next(&mut ws, 10).await {
+        Got::Json(v) if v["type"] == "config" => ws,
+        other => panic!("expected config, got {other:?}"),
+    }
+}
+
+/// A close frame code as a number (for asserting).
+pub fn code(c: CloseCode) -> u16 {
+    u16::from(c)
+}
