@@ -217,11 +217,15 @@ async fn serve(at: &Where, listen: Option<&str>, log_format: &str) -> anyhow::Re
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?.to_string();
+    let data_dir = config.data_dir.clone();
+    let shutdown = CancellationToken::new();
+    // Recovery runs before the node says it is listening.
+    let app = rxtrack_server::app::App::open(config, shutdown.clone())
+        .context("opening the data folder")?;
     println!("rxtrack listening on http://{addr}");
     if demo {
-        quick_start(&addr, &config.data_dir);
+        quick_start(&addr, &data_dir);
     }
-    let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
         let mut term =
@@ -239,7 +243,7 @@ async fn serve(at: &Where, listen: Option<&str>, log_format: &str) -> anyhow::Re
         tracing::info!("signal received");
         on_signal.cancel();
     });
-    rxtrack_server::run(listener, config, shutdown).await
+    rxtrack_server::server::run_app(listener, app).await
 }
 
 fn main() -> ExitCode {

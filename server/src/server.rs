@@ -28,7 +28,13 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = App::open(config, shutdown.clone()).context("opening the data folder")?;
+    let app = App::open(config, shutdown).context("opening the data folder")?;
+    run_app(listener, app).await
+}
+
+/// Like [`run`], for a node already opened with [`App::open`] (so that the
+/// caller can announce readiness only once recovery is done).
+pub async fn run_app(listener: TcpListener, app: Arc<App>) -> anyhow::Result<()> {
     serve(listener, app.clone()).await;
     tracing::info!("draining");
     app.tracker.close();

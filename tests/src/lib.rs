@@ -167,6 +167,13 @@ impl Server {
     }
 
     fn spawn(&mut self) {
+        if let Err(out) = self.try_spawn() {
+            panic!("rxtrack did not start:\n{out}");
+        }
+    }
+
+    /// Starts the process; on failure returns what it printed.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let listen = if self.addr.is_empty() {
             "127.0.0.1:0".to_owned()
         } else {
@@ -210,16 +217,16 @@ impl Server {
                 push(&out, &line);
             }
         });
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => self.addr = addr,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let out = self.output.lock().map(|o| o.clone()).unwrap_or_default();
-                panic!("rxtrack did not start:\n{out}");
-            }
+        if let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) {
+            self.addr = addr;
+            self.child = Some(child);
+            return Ok(());
         }
-        self.child = Some(child);
+        let _ = child.kill();
+        let _ = child.wait();
+        // Let the reader threads catch the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        Err(self.output())
     }
 
     /// The base URL.
@@ -256,17 +263,29 @@ impl Server {
     }
 
     /// Starts the server again on the same address and data folder.
+    ///
+    /// # Panics
+    /// When it does not start.
     pub fn restart(&mut self) {
-        self.kill9();
-        // The port may linger briefly; retry a few times.
-        for attempt in 0..20 {
-            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.spawn()));
-            if res.is_ok() {
-                return;
-            }
-            assert!(attempt < 19, "restart failed");
-            std::thread::sleep(Duration::from_millis(200));
+        if let Err(out) = self.try_restart() {
+            panic!("restart failed:\n{out}");
         }
+    }
+
+    /// Starts the server again; on failure returns what it printed.
+    pub fn try_restart(&mut self) -> Result<(), String> {
+        self.kill9();
+        if let Ok(mut o) = self.output.lock() {
+            o.clear();
+        }
+        self.try_spawn()
+    }
+
+    /// Whether the process has exited, and how.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Runs another `rxtrack` subcommand against this server's configuration.
