@@ -9,7 +9,7 @@ fn rxtrack() -> Command {
 
 fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
     let p = dir.join("rxtrack.toml");
-    std::fs::write(&p, body).unwrap();
+    std::fs::write(&p, body).expect("write the config");
     p
 }
 

@@ -2,6 +2,10 @@
 //! port with a temporary data folder, mint tokens, and talk to it over real
 //! HTTP and WebSocket connections. Nothing here links the server's code.
 
+#![allow(
+    clippy::missing_panics_doc,
+    reason = "test helpers fail the test by panicking, with a message"
+)]
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,5 +1,13 @@
 //! The pharmacy backend API against the real binary: the whole story, the
 //! role table, tenant isolation, the status machine, and hostile bodies.
+#![allow(
+    clippy::too_many_lines,
+    reason = "a story test reads top to bottom, step by step"
+)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "helpers of a test fail the test by panicking"
+)]
 
 use rxtrack_tests::*;
 use serde_json::{Value, json};

@@ -1,6 +1,14 @@
 //! The driver stream against the real binary: acks, dedupe, limits, and
 //! every kind of hostile input, each with its precise error or close code,
 //! while another driver on the same server keeps being served.
+#![allow(
+    clippy::too_many_lines,
+    reason = "a story test reads top to bottom, step by step"
+)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "helpers of a test fail the test by panicking"
+)]
 
 use futures_util::SinkExt as _;
 use rxtrack_tests::*;
