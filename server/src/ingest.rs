@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityE
 
 use crate::app::App;
 use crate::auth::{AuthError, Principal, Role};
-use crate::protocol::{DriverMsg, Fix, MAX_BATCH, PingIn, ServerMsg};
+use crate::protocol::{Cursor, DriverMsg, MAX_BATCH, PingIn, ServerMsg};
 use crate::types::{DeviceId, SubjectId, TenantId, UnixMillis};
 use crate::ws::{self, Socket, close};
 
@@ -74,8 +74,7 @@ pub enum Kick {
 #[derive(Debug)]
 pub struct DeviceLive {
     pub driver: SubjectId,
-    pub last_seq: u64,
-    pub last_fix: Option<Fix>,
+    pub cursor: Cursor,
     pub last_seen: Option<UnixMillis>,
     pings: Bucket,
     messages: Bucket,
@@ -118,8 +117,7 @@ impl Devices {
                 let now = Instant::now();
                 Arc::new(Mutex::new(DeviceLive {
                     driver: driver.clone(),
-                    last_seq: 0,
-                    last_fix: None,
+                    cursor: Cursor::default(),
                     last_seen: None,
                     pings: Bucket::new(l.pings_per_second, l.ping_burst, now),
                     messages: Bucket::new(l.messages_per_second, l.message_burst, now),
@@ -162,7 +160,7 @@ impl Devices {
                     driver_id: Some(s.driver.clone()),
                     connected: s.session.is_some(),
                     last_seen: s.last_seen,
-                    last_seq: s.last_seq,
+                    last_seq: s.cursor.last_seq,
                     revoked: false,
                 }
             })
@@ -426,11 +424,10 @@ impl Session<'_> {
 
     async fn on_pings(&mut self, ws: &mut Socket, pings: &[PingIn]) -> Next {
         let now = UnixMillis::now();
-        let mut errors = Vec::new();
-        let ack = {
+        let (applied, ack) = {
             let mut live = self.live();
             // Only new pings spend the budget: a replayed batch is free.
-            let fresh = pings.iter().filter(|p| p.seq > live.last_seq).count();
+            let fresh = live.cursor.fresh(pings);
             if !live.pings.take(fresh as f64, Instant::now()) {
                 drop(live);
                 self.app
@@ -440,43 +437,28 @@ impl Session<'_> {
                     .inc();
                 return Next::Close(close::RATE_LIMITED, "too many pings");
             }
-            for p in pings {
-                if p.seq <= live.last_seq {
-                    self.app.metrics.pings_duplicate.inc();
-                    continue;
-                }
-                // A refused ping is consumed too: the error says why, and the
-                // ack that follows tells the app to drop it from its buffer.
-                live.last_seq = p.seq;
-                match p.validate(now) {
-                    Ok(fix) => {
-                        self.app.metrics.pings_accepted.inc();
-                        if live.last_fix.is_none_or(|f| f.ts <= fix.ts) {
-                            live.last_fix = Some(fix);
-                        }
-                        live.last_seen = Some(now);
-                    }
-                    Err(err) => {
-                        self.app
-                            .metrics
-                            .pings_rejected
-                            .with_label_values(&[err.code()])
-                            .inc();
-                        errors.push((err.code(), err.to_string(), p.seq));
-                    }
-                }
+            let applied = live.cursor.apply(pings, now);
+            if !applied.accepted.is_empty() {
+                live.last_seen = Some(now);
             }
-            live.last_seq
+            (applied, live.cursor.last_seq)
         };
-        for (code, message, seq) in errors {
-            if let Next::Close(c, r) = self.error(ws, code, message, Some(seq)).await {
+        let m = &self.app.metrics;
+        m.pings_accepted.inc_by(applied.accepted.len() as u64);
+        m.pings_duplicate.inc_by(applied.duplicates as u64);
+        // A refused ping is consumed too: the error says why, and the ack
+        // that follows tells the app to drop it from its buffer.
+        for (seq, err) in applied.refused {
+            m.pings_rejected.with_label_values(&[err.code()]).inc();
+            if let Next::Close(c, r) = self.error(ws, err.code(), err.to_string(), Some(seq)).await
+            {
                 return Next::Close(c, r);
             }
         }
         if self.send(ws, &ServerMsg::Ack { seq: ack }).await.is_err() {
             return Next::Close(close::GOING_AWAY, "write failed");
         }
-        self.app.metrics.acks_sent.inc();
+        m.acks_sent.inc();
         Next::Continue
     }
 

@@ -134,6 +134,57 @@ impl PingIn {
     }
 }
 
+/// Where a device's stream stands: the last `seq` consumed (applied or
+/// refused) and the newest valid fix.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cursor {
+    pub last_seq: u64,
+    pub last_fix: Option<Fix>,
+}
+
+/// What applying a message's pings did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Applied {
+    /// Valid new pings, in order.
+    pub accepted: Vec<Fix>,
+    /// Pings at or below the cursor: acknowledged without effect.
+    pub duplicates: usize,
+    /// New pings that failed validation: consumed, with the reason.
+    pub refused: Vec<(u64, PingError)>,
+}
+
+impl Cursor {
+    /// The number of pings that lie beyond the cursor (the ones a rate limit should count).
+    #[must_use]
+    pub fn fresh(&self, pings: &[PingIn]) -> usize {
+        pings.iter().filter(|p| p.seq > self.last_seq).count()
+    }
+
+    /// Applies pings in order: a ping at or below the cursor is a duplicate;
+    /// a new one is validated, and consumed either way. The newest fix by
+    /// device time wins, so a late ping never moves the driver backwards.
+    pub fn apply(&mut self, pings: &[PingIn], now: UnixMillis) -> Applied {
+        let mut out = Applied::default();
+        for p in pings {
+            if p.seq <= self.last_seq {
+                out.duplicates += 1;
+                continue;
+            }
+            self.last_seq = p.seq;
+            match p.validate(now) {
+                Ok(fix) => {
+                    if self.last_fix.is_none_or(|f| f.ts <= fix.ts) {
+                        self.last_fix = Some(fix);
+                    }
+                    out.accepted.push(fix);
+                }
+                Err(e) => out.refused.push((p.seq, e)),
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +251,61 @@ mod tests {
         p.speed = None;
         p.heading = None;
         assert!(p.validate(NOW).is_ok());
+    }
+
+    fn arb_pings() -> impl proptest::strategy::Strategy<Value = Vec<PingIn>> {
+        use proptest::prelude::*;
+        proptest::collection::vec((1u64..60, -100.0f64..100.0, -5_000i64..5_000), 0..40).prop_map(
+            |v| {
+                v.into_iter()
+                    .map(|(seq, lat, dt)| PingIn {
+                        seq,
+                        ts: NOW.0 + dt,
+                        lat,
+                        lng: 24.9,
+                        acc: None,
+                        speed: None,
+                        heading: None,
+                    })
+                    .collect()
+            },
+        )
+    }
+
+    proptest::proptest! {
+        /// Replaying anything already applied changes nothing and accepts nothing.
+        #[test]
+        fn replays_are_never_applied_twice(pings in arb_pings()) {
+            let mut c = Cursor::default();
+            c.apply(&pings, NOW);
+            let before = c;
+            let again = c.apply(&pings, NOW);
+            proptest::prop_assert!(again.accepted.is_empty() && again.refused.is_empty());
+            proptest::prop_assert_eq!(again.duplicates, pings.len());
+            proptest::prop_assert_eq!(c, before);
+        }
+
+        /// Feeding pings one by one or all at once ends in the same place.
+        #[test]
+        fn one_by_one_equals_batched(pings in arb_pings()) {
+            let mut a = Cursor::default();
+            let batched = a.apply(&pings, NOW);
+            let mut b = Cursor::default();
+            let mut accepted = Vec::new();
+            for p in &pings {
+                accepted.extend(b.apply(std::slice::from_ref(p), NOW).accepted);
+            }
+            proptest::prop_assert_eq!(a, b);
+            proptest::prop_assert_eq!(batched.accepted, accepted);
+        }
+
+        /// Every ping is exactly one of accepted, refused or duplicate.
+        #[test]
+        fn every_ping_is_accounted_for(pings in arb_pings()) {
+            let mut c = Cursor::default();
+            let r = c.apply(&pings, NOW);
+            proptest::prop_assert_eq!(r.accepted.len() + r.refused.len() + r.duplicates, pings.len());
+        }
     }
 
     #[test]
