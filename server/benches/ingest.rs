@@ -50,7 +50,10 @@ fn bench(c: &mut Criterion) {
             i += 1;
             let applied = cursor.apply(&pings(msg), NOW);
             black_box(&applied);
-            serde_json::to_string(&ServerMsg::Ack { seq: cursor.last_seq }).expect("ack")
+            serde_json::to_string(&ServerMsg::Ack {
+                seq: cursor.last_seq,
+            })
+            .expect("ack")
         });
     });
 

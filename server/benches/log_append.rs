@@ -75,20 +75,25 @@ fn bench(c: &mut Criterion) {
             .map(|i| chain.chain(draft(i)).expect("seal").0.to_line())
             .collect();
         g.throughput(Throughput::Elements(writers.unsigned_abs()));
-        g.bench_with_input(BenchmarkId::new("concurrent_writers", writers), &writers, |b, _| {
-            b.iter_custom(|iters| {
-                let started = Instant::now();
-                for _ in 0..iters {
-                    rt.block_on(async {
-                        let pending: Vec<_> = lines.iter().map(|l| store.append(l.clone())).collect();
-                        for p in pending {
-                            p.await.expect("writer alive").expect("durable");
-                        }
-                    });
-                }
-                started.elapsed()
-            });
-        });
+        g.bench_with_input(
+            BenchmarkId::new("concurrent_writers", writers),
+            &writers,
+            |b, _| {
+                b.iter_custom(|iters| {
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        rt.block_on(async {
+                            let pending: Vec<_> =
+                                lines.iter().map(|l| store.append(l.clone())).collect();
+                            for p in pending {
+                                p.await.expect("writer alive").expect("durable");
+                            }
+                        });
+                    }
+                    started.elapsed()
+                });
+            },
+        );
         rt.block_on(store.close());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -83,6 +83,7 @@ struct RawLimits {
     messages_per_second: Option<f64>,
     message_burst: Option<f64>,
     max_body_kib: Option<usize>,
+    header_timeout_ms: Option<u64>,
 }
 
 /// Server-wide limits. Each default is chosen for a driver app that pings
@@ -104,6 +105,9 @@ pub struct Limits {
     pub message_burst: f64,
     /// Largest HTTP request body, bytes.
     pub max_body_bytes: usize,
+    /// A connection must send its request headers (and so its token) within
+    /// this time: the authentication deadline, and the slowloris guard.
+    pub header_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -117,6 +121,7 @@ impl Default for Limits {
             messages_per_second: 10.0,
             message_burst: 60.0,
             max_body_bytes: 64 * 1024,
+            header_timeout_ms: 10_000,
         }
     }
 }
@@ -420,6 +425,10 @@ fn parse_limits(r: &RawLimits) -> Result<Limits, ConfigError> {
         max_body_bytes: match r.max_body_kib {
             None => d.max_body_bytes,
             Some(k) => check_range(k, 1, 16 * 1024, "limits.max_body_kib")? * 1024,
+        },
+        header_timeout_ms: match r.header_timeout_ms {
+            None => d.header_timeout_ms,
+            Some(n) => check_range(n, 100, 120_000, "limits.header_timeout_ms")?,
         },
     })
 }

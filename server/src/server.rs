@@ -12,9 +12,6 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::config::Config;
 
-/// A client must send its request headers within this time (slowloris guard;
-/// it is also the authentication deadline, since tokens arrive in the headers).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long draining may take before remaining connections are dropped.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Largest HTTP request head, bytes.
@@ -76,11 +73,13 @@ async fn serve(listener: TcpListener, app: Arc<App>) {
         let service = TowerToHyperService::new(router.clone());
         let shutdown = app.shutdown.clone();
         let gauge = app.metrics.connections.with_label_values(&["http"]);
+        // The authentication deadline: tokens arrive in the request headers.
+        let header_timeout = Duration::from_millis(app.config.limits.header_timeout_ms);
         app.tracker.spawn(async move {
             gauge.inc();
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();

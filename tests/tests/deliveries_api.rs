@@ -553,3 +553,54 @@ async fn privileged_actions_need_a_recent_auth_time_and_revoke_cuts_the_device()
     let (_, events) = call(http().get(s.url("/v1/log/export")).bearer_auth(&admin)).await;
     assert!(events.as_str().unwrap().contains("device.revoked"));
 }
+
+#[tokio::test]
+async fn ed25519_tokens_of_a_configured_key_are_accepted() {
+    use base64::Engine as _;
+    use ring::signature::KeyPair as _;
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let public = base64::engine::general_purpose::STANDARD.encode(pair.public_key().as_ref());
+    let s = Server::start_with(
+        &format!("[[tenants]]\nid = \"gamma\"\ned25519_public_keys = [\"{public}\"]\n"),
+        &[],
+    );
+    let sign = |claims: &Value, alg: &str| {
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let signed = format!(
+            "{}.{}",
+            e.encode(format!("{{\"alg\":\"{alg}\"}}")),
+            e.encode(claims.to_string())
+        );
+        format!(
+            "{signed}.{}",
+            e.encode(pair.sign(signed.as_bytes()).as_ref())
+        )
+    };
+    let admin = sign(&claims("gamma", "dispatcher", "g1", None), "EdDSA");
+    assert_eq!(create(&s, &admin, &delivery_body("rx-ed")).await.0, 201);
+    let mut ws = driver_connect(
+        &s,
+        &sign(&claims("gamma", "driver", "d1", Some("phone-g")), "EdDSA"),
+    )
+    .await;
+    send_json(&mut ws, &ping(1)).await;
+    assert_eq!(until_ack(&mut ws).await.0, 1);
+    // The same signature presented as HS256 is refused: keys are bound to one algorithm.
+    let (code, _) = call(
+        http()
+            .get(s.url("/v1/deliveries/rx-ed"))
+            .bearer_auth(sign(&claims("gamma", "admin", "g", None), "HS256")),
+    )
+    .await;
+    assert_eq!(code, 401);
+    // An Ed25519 token claiming tenant acme (which has no Ed25519 key) is refused.
+    let (code, _) = call(
+        http()
+            .get(s.url("/v1/deliveries/rx-ed"))
+            .bearer_auth(sign(&claims("acme", "admin", "g", None), "EdDSA")),
+    )
+    .await;
+    assert_eq!(code, 401);
+}

@@ -241,3 +241,23 @@ fn zero_config_start_prints_a_quick_start_and_works() {
     }
     assert!(status.expect("exited").success());
 }
+
+#[tokio::test]
+async fn silent_connections_are_dropped_at_the_authentication_deadline() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let s = Server::start_with("[limits]\nheader_timeout_ms = 500\n", &[]);
+    let mut idle = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    slow.write_all(b"GET /v1/driver/ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Others are served meanwhile.
+    let mut ws = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
+    send_json(&mut ws, &ping(1)).await;
+    assert_eq!(until_ack(&mut ws).await.0, 1);
+    for conn in [&mut idle, &mut slow] {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "the server kept a silent connection open");
+    }
+}
