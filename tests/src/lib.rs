@@ -345,7 +345,7 @@ pub fn delivery_body(id: &str) -> Value {
         "id": id,
         "pickup": {"lat": 60.1699, "lng": 24.9384, "radius_m": 60},
         "dropoff": {"lat": 60.1718, "lng": 24.9414, "radius_m": 40},
-        "recipient": {"first_name": "Ana"},
+        "recipient": {"first_name": "Anneliese"},
         "window": {"from": now_ms(), "to": now_ms() + 3_600_000}
     })
 }

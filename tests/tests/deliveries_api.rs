@@ -84,7 +84,7 @@ async fn the_whole_ingest_story() {
     .await;
     assert_eq!(code, 200);
     assert_eq!(d["status"], "delivered");
-    assert_eq!(d["recipient"]["first_name"], "Ana");
+    assert_eq!(d["recipient"]["first_name"], "Anneliese");
     // Delivered: it left the route.
     let (_, d2) = call(
         http()
@@ -121,7 +121,7 @@ async fn the_whole_ingest_story() {
     );
     let first = &ev["events"][0];
     assert_eq!(first["actor"], json!({"role":"dispatcher","sub":"alice"}));
-    assert_eq!(first["data"]["recipient"]["first_name"], "Ana");
+    assert_eq!(first["data"]["recipient"]["first_name"], "Anneliese");
     assert_eq!(ev["events"][2]["actor"]["role"], "pharmacy_staff");
     for w in ev["events"].as_array().unwrap().windows(2) {
         assert!(w[0]["seq"].as_u64() < w[1]["seq"].as_u64());
@@ -181,7 +181,7 @@ async fn the_whole_ingest_story() {
         raw.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap());
     }
     assert!(raw.contains("delivery.created"));
-    for secret in ["Ana", "60.1699", "24.9384", "60.1718"] {
+    for secret in ["Anneliese", "60.1699", "24.9384", "60.1718"] {
         assert!(!raw.contains(secret), "{secret} is in the log in plaintext");
     }
 }

@@ -271,7 +271,7 @@ mod tests {
                 lng: 24.9384,
                 acc: Some(5.0),
             }),
-            data: serde_json::json!({"recipient":{"first_name":"Ana"}}),
+            data: serde_json::json!({"recipient":{"first_name":"Anneliese"}}),
         }
     }
 
@@ -286,7 +286,7 @@ mod tests {
         assert_eq!(s1.prev, GENESIS);
         assert_eq!(s2.prev, s1.hash);
         let line = String::from_utf8(s2.to_line()).unwrap();
-        assert!(!line.contains("Ana") && !line.contains("60.1699") && !line.contains("24.9384"));
+        assert!(!line.contains("Anneliese") && !line.contains("60.1699") && !line.contains("24.9384"));
         let mut v = Verifier::new(None);
         let loc = Location {
             segment: 1,
