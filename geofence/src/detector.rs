@@ -1,0 +1,389 @@
+//! The proximity detector: noisy fixes in, trustworthy events out.
+//!
+//! Per subject (a driver's device), a [`Track`] decides which fixes are
+//! worth anything: a fix older than the newest one seen is stale (it never
+//! produces a live event), and a fix that implies an impossible speed from
+//! the last trusted fix is an outlier. Per (subject, fence), a [`Proximity`]
+//! state machine applies asymmetric hysteresis:
+//!
+//! - **arriving** needs the fix inside the fence, confirmed by
+//!   `enter_fixes` fixes in a row spanning at least `enter_ms`;
+//! - **leaving** needs the fix beyond the larger `exit_margin_m` outside the
+//!   edge, for `exit_fixes` fixes in a row spanning at least `exit_ms`;
+//! - a fix less accurate than `max_accuracy_m` counts for nothing;
+//! - **dwelled** fires once per visit after `dwell_ms` inside.
+//!
+//! Entered and exited strictly alternate. No clocks: time is the fix's.
+
+use crate::fence::Point;
+
+/// A position report.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fix {
+    /// Device time, milliseconds since the epoch.
+    pub ts_ms: i64,
+    pub point: Point,
+    /// Accuracy radius, metres (None: unknown, treated as good).
+    pub accuracy_m: Option<f64>,
+}
+
+/// What happened at a fence, with the fix that decided it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ProximityEvent {
+    Entered(Fix),
+    Dwelled(Fix),
+    Exited(Fix),
+}
+
+/// Per-fence thresholds. The defaults come from the real tracks in
+/// `geofence/tests/data/` (see README.md: "Choosing the thresholds").
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProximityConfig {
+    pub enter_fixes: u32,
+    pub enter_ms: i64,
+    pub exit_margin_m: f64,
+    pub exit_fixes: u32,
+    pub exit_ms: i64,
+    pub max_accuracy_m: f64,
+    pub dwell_ms: i64,
+}
+
+impl Default for ProximityConfig {
+    fn default() -> Self {
+        Self {
+            enter_fixes: 2,
+            enter_ms: 0,
+            exit_margin_m: 25.0,
+            exit_fixes: 3,
+            exit_ms: 5_000,
+            max_accuracy_m: 50.0,
+            dwell_ms: 60_000,
+        }
+    }
+}
+
+/// Per-subject thresholds for trusting a fix.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrackConfig {
+    /// Fastest plausible ground speed, m/s.
+    pub max_speed_mps: f64,
+    /// After this many outliers in a row, the next fix is trusted again
+    /// (the device really moved, for instance after a long tunnel).
+    pub max_outliers_in_row: u32,
+}
+
+impl Default for TrackConfig {
+    fn default() -> Self {
+        Self {
+            max_speed_mps: 50.0,
+            max_outliers_in_row: 3,
+        }
+    }
+}
+
+/// How a [`Track`] judged a fix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Trusted,
+    /// Not newer than the newest fix seen.
+    Stale,
+    /// Implies an impossible speed from the last trusted fix.
+    Outlier,
+}
+
+/// What the detector remembers of one subject.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Track {
+    newest_ts: Option<i64>,
+    last_trusted: Option<Fix>,
+    outliers_in_row: u32,
+}
+
+impl Track {
+    /// Judges the next fix and remembers it.
+    pub fn judge(&mut self, fix: &Fix, cfg: &TrackConfig) -> Verdict {
+        if self.newest_ts.is_some_and(|t| fix.ts_ms <= t) {
+            return Verdict::Stale;
+        }
+        self.newest_ts = Some(fix.ts_ms);
+        if let Some(last) = self.last_trusted {
+            let dt_s = (fix.ts_ms - last.ts_ms) as f64 / 1000.0;
+            let speed = last.point.distance_m(fix.point) / dt_s.max(0.001);
+            if speed > cfg.max_speed_mps && self.outliers_in_row < cfg.max_outliers_in_row {
+                self.outliers_in_row += 1;
+                return Verdict::Outlier;
+            }
+        }
+        self.outliers_in_row = 0;
+        self.last_trusted = Some(*fix);
+        Verdict::Trusted
+    }
+
+    /// The last trusted fix.
+    #[must_use]
+    pub fn last_trusted(&self) -> Option<Fix> {
+        self.last_trusted
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum State {
+    Outside,
+    Entering {
+        fixes: u32,
+        since: i64,
+    },
+    Inside {
+        since: i64,
+        dwelled: bool,
+    },
+    Exiting {
+        fixes: u32,
+        since: i64,
+        inside_since: i64,
+        dwelled: bool,
+    },
+}
+
+/// One subject's state at one fence.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Proximity {
+    state: State,
+}
+
+impl Default for Proximity {
+    fn default() -> Self {
+        Self {
+            state: State::Outside,
+        }
+    }
+}
+
+impl Proximity {
+    /// Whether the subject is currently considered inside (or leaving).
+    #[must_use]
+    pub fn is_inside(&self) -> bool {
+        matches!(self.state, State::Inside { .. } | State::Exiting { .. })
+    }
+
+    /// Whether this state holds anything worth keeping (not plainly outside).
+    #[must_use]
+    pub fn is_active(&self) -> bool {
+        !matches!(self.state, State::Outside)
+    }
+
+    /// Feeds a trusted fix and its signed distance to the fence's edge
+    /// (negative inside). Returns the event it decided, if any.
+    pub fn update(
+        &mut self,
+        fix: &Fix,
+        distance_m: f64,
+        cfg: &ProximityConfig,
+    ) -> Option<ProximityEvent> {
+        // NaN accuracy is as bad as a poor one.
+        if fix.accuracy_m.is_some_and(|a| a.is_nan() || a > cfg.max_accuracy_m) {
+            return None;
+        }
+        let t = fix.ts_ms;
+        let inside = distance_m <= 0.0;
+        let beyond = distance_m > cfg.exit_margin_m;
+        let (next, event) = match self.state {
+            State::Outside | State::Entering { .. } if !inside => (State::Outside, None),
+            State::Outside => Self::entering(1, t, t, fix, cfg),
+            State::Entering { fixes, since } => Self::entering(fixes + 1, since, t, fix, cfg),
+            State::Inside { since, dwelled } if beyond => {
+                Self::exiting(1, t, t, since, dwelled, fix, cfg)
+            }
+            State::Inside { since, dwelled } => Self::dwelling(since, dwelled, t, fix, cfg),
+            State::Exiting {
+                fixes,
+                since,
+                inside_since,
+                dwelled,
+            } if beyond => Self::exiting(fixes + 1, since, t, inside_since, dwelled, fix, cfg),
+            State::Exiting {
+                inside_since,
+                dwelled,
+                ..
+            } => Self::dwelling(inside_since, dwelled, t, fix, cfg),
+        };
+        self.state = next;
+        event
+    }
+
+    fn entering(
+        fixes: u32,
+        since: i64,
+        t: i64,
+        fix: &Fix,
+        cfg: &ProximityConfig,
+    ) -> (State, Option<ProximityEvent>) {
+        if fixes >= cfg.enter_fixes && t - since >= cfg.enter_ms {
+            (
+                State::Inside {
+                    since: t,
+                    dwelled: false,
+                },
+                Some(ProximityEvent::Entered(*fix)),
+            )
+        } else {
+            (State::Entering { fixes, since }, None)
+        }
+    }
+
+    fn dwelling(
+        since: i64,
+        dwelled: bool,
+        t: i64,
+        fix: &Fix,
+        cfg: &ProximityConfig,
+    ) -> (State, Option<ProximityEvent>) {
+        if !dwelled && t - since >= cfg.dwell_ms {
+            (
+                State::Inside {
+                    since,
+                    dwelled: true,
+                },
+                Some(ProximityEvent::Dwelled(*fix)),
+            )
+        } else {
+            (State::Inside { since, dwelled }, None)
+        }
+    }
+
+    fn exiting(
+        fixes: u32,
+        since: i64,
+        t: i64,
+        inside_since: i64,
+        dwelled: bool,
+        fix: &Fix,
+        cfg: &ProximityConfig,
+    ) -> (State, Option<ProximityEvent>) {
+        if fixes >= cfg.exit_fixes && t - since >= cfg.exit_ms {
+            (State::Outside, Some(ProximityEvent::Exited(*fix)))
+        } else {
+            (
+                State::Exiting {
+                    fixes,
+                    since,
+                    inside_since,
+                    dwelled,
+                },
+                None,
+            )
+        }
+    }
+}
+
+/// The simplest possible detector, for comparison: entered when a fix is
+/// inside, exited when one is outside. No hysteresis, no filtering.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NaiveProximity {
+    inside: bool,
+}
+
+impl NaiveProximity {
+    pub fn update(&mut self, fix: &Fix, distance_m: f64) -> Option<ProximityEvent> {
+        let inside = distance_m <= 0.0;
+        if inside == self.inside {
+            return None;
+        }
+        self.inside = inside;
+        Some(if inside {
+            ProximityEvent::Entered(*fix)
+        } else {
+            ProximityEvent::Exited(*fix)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fix(ts_ms: i64, lat: f64) -> Fix {
+        Fix {
+            ts_ms,
+            point: Point::new(lat, 24.0).unwrap(),
+            accuracy_m: Some(5.0),
+        }
+    }
+
+    #[test]
+    fn arrival_needs_confirmation_and_leaving_needs_the_margin() {
+        let cfg = ProximityConfig::default();
+        let mut p = Proximity::default();
+        assert_eq!(p.update(&fix(0, 0.0), -5.0, &cfg), None);
+        assert!(matches!(
+            p.update(&fix(1000, 0.0), -5.0, &cfg),
+            Some(ProximityEvent::Entered(_))
+        ));
+        // Jitter just outside the edge but within the margin: still inside.
+        for t in 2..30 {
+            assert_eq!(p.update(&fix(t * 1000, 0.0), 20.0, &cfg), None);
+        }
+        // One spike beyond the margin is not enough.
+        assert_eq!(p.update(&fix(30_000, 0.0), 200.0, &cfg), None);
+        assert_eq!(p.update(&fix(31_000, 0.0), 1.0, &cfg), None);
+        assert!(p.is_inside());
+        // Three fixes over five seconds beyond the margin are.
+        assert_eq!(p.update(&fix(40_000, 0.0), 30.0, &cfg), None);
+        assert_eq!(p.update(&fix(42_000, 0.0), 30.0, &cfg), None);
+        assert_eq!(p.update(&fix(44_000, 0.0), 30.0, &cfg), None);
+        assert!(
+            matches!(p.update(&fix(45_000, 0.0), 30.0, &cfg), Some(ProximityEvent::Exited(f)) if f.ts_ms == 45_000)
+        );
+    }
+
+    #[test]
+    fn dwell_fires_once_per_visit() {
+        let cfg = ProximityConfig::default();
+        let mut p = Proximity::default();
+        p.update(&fix(0, 0.0), -1.0, &cfg);
+        p.update(&fix(1000, 0.0), -1.0, &cfg);
+        assert_eq!(p.update(&fix(60_000, 0.0), -1.0, &cfg), None);
+        assert!(matches!(
+            p.update(&fix(61_000, 0.0), -1.0, &cfg),
+            Some(ProximityEvent::Dwelled(_))
+        ));
+        assert_eq!(p.update(&fix(200_000, 0.0), -1.0, &cfg), None);
+    }
+
+    #[test]
+    fn inaccurate_fixes_count_for_nothing() {
+        let cfg = ProximityConfig::default();
+        let mut p = Proximity::default();
+        let mut bad = fix(0, 0.0);
+        bad.accuracy_m = Some(500.0);
+        assert_eq!(p.update(&bad, -1.0, &cfg), None);
+        bad.ts_ms = 1000;
+        assert_eq!(p.update(&bad, -1.0, &cfg), None);
+        assert!(!p.is_active());
+        let mut nan = fix(2000, 0.0);
+        nan.accuracy_m = Some(f64::NAN);
+        assert_eq!(p.update(&nan, -1.0, &cfg), None);
+        assert!(!p.is_active());
+    }
+
+    #[test]
+    fn tracks_refuse_stale_fixes_and_impossible_jumps() {
+        let cfg = TrackConfig::default();
+        let mut t = Track::default();
+        assert_eq!(t.judge(&fix(10_000, 60.0), &cfg), Verdict::Trusted);
+        assert_eq!(t.judge(&fix(10_000, 60.0), &cfg), Verdict::Stale);
+        assert_eq!(t.judge(&fix(9_000, 60.0), &cfg), Verdict::Stale);
+        // 0.01° of latitude (about 1.1 km) in one second.
+        assert_eq!(t.judge(&fix(11_000, 60.01), &cfg), Verdict::Outlier);
+        assert_eq!(t.judge(&fix(12_000, 60.0001), &cfg), Verdict::Trusted);
+        // A real relocation is accepted after three outliers in a row.
+        for i in 0..3 {
+            assert_eq!(
+                t.judge(&fix(13_000 + i * 1000, 61.0), &cfg),
+                Verdict::Outlier
+            );
+        }
+        assert_eq!(t.judge(&fix(17_000, 61.0), &cfg), Verdict::Trusted);
+        assert_eq!(t.judge(&fix(18_000, 61.0), &cfg), Verdict::Trusted);
+    }
+}
