@@ -15,7 +15,10 @@
 //!
 //! Entered and exited strictly alternate. No clocks: time is the fix's.
 
+use rustc_hash::FxHashMap;
+
 use crate::fence::Point;
+use crate::index::{FenceId, FenceIndex};
 
 /// A position report.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -181,7 +184,10 @@ impl Proximity {
         cfg: &ProximityConfig,
     ) -> Option<ProximityEvent> {
         // NaN accuracy is as bad as a poor one.
-        if fix.accuracy_m.is_some_and(|a| a.is_nan() || a > cfg.max_accuracy_m) {
+        if fix
+            .accuracy_m
+            .is_some_and(|a| a.is_nan() || a > cfg.max_accuracy_m)
+        {
             return None;
         }
         let t = fix.ts_ms;
@@ -273,6 +279,62 @@ impl Proximity {
                 None,
             )
         }
+    }
+}
+
+/// Everything the detector keeps for one subject: its track and its state
+/// at each fence it is entering, inside or leaving.
+#[derive(Clone, Debug, Default)]
+pub struct Subject {
+    track: Track,
+    fences: FxHashMap<FenceId, Proximity>,
+}
+
+impl Subject {
+    /// Feeds one fix: judges it, looks up the fences that contain it, and
+    /// advances the state at those fences and at every fence the subject is
+    /// already in. Events are appended to `out` in fence-id order.
+    pub fn observe(
+        &mut self,
+        index: &FenceIndex,
+        fix: &Fix,
+        track_cfg: &TrackConfig,
+        cfg: impl Fn(FenceId) -> ProximityConfig,
+        out: &mut Vec<(FenceId, ProximityEvent)>,
+    ) {
+        if self.track.judge(fix, track_cfg) != Verdict::Trusted {
+            return;
+        }
+        let mut ids = index.lookup(fix.point);
+        ids.extend(self.fences.keys().copied());
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            let Some(fence) = index.get(id) else {
+                // The fence is gone (its delivery ended): forget it.
+                self.fences.remove(&id);
+                continue;
+            };
+            let state = self.fences.entry(id).or_default();
+            if let Some(e) = state.update(fix, fence.distance_to_edge_m(fix.point), &cfg(id)) {
+                out.push((id, e));
+            }
+            if !state.is_active() {
+                self.fences.remove(&id);
+            }
+        }
+    }
+
+    /// Whether the subject is inside (or leaving) this fence.
+    #[must_use]
+    pub fn is_inside(&self, id: FenceId) -> bool {
+        self.fences.get(&id).is_some_and(Proximity::is_inside)
+    }
+
+    /// The subject's track.
+    #[must_use]
+    pub fn track(&self) -> &Track {
+        &self.track
     }
 }
 

@@ -33,7 +33,8 @@ pub mod fence;
 pub mod index;
 
 pub use detector::{
-    Fix, NaiveProximity, Proximity, ProximityConfig, ProximityEvent, Track, TrackConfig, Verdict,
+    Fix, NaiveProximity, Proximity, ProximityConfig, ProximityEvent, Subject, Track, TrackConfig,
+    Verdict,
 };
 pub use fence::{Fence, FenceError, Point};
 pub use index::{FenceId, FenceIndex};

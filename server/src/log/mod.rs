@@ -286,7 +286,9 @@ mod tests {
         assert_eq!(s1.prev, GENESIS);
         assert_eq!(s2.prev, s1.hash);
         let line = String::from_utf8(s2.to_line()).unwrap();
-        assert!(!line.contains("Anneliese") && !line.contains("60.1699") && !line.contains("24.9384"));
+        assert!(
+            !line.contains("Anneliese") && !line.contains("60.1699") && !line.contains("24.9384")
+        );
         let mut v = Verifier::new(None);
         let loc = Location {
             segment: 1,
