@@ -1,5 +1,10 @@
 //! Invariants of the proximity detector, over random noisy walks.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "helpers of a test fail the test by panicking"
+)]
+
 use geofence::{
     Fence, FenceId, FenceIndex, Fix, Point, ProximityConfig, ProximityEvent, Subject, TrackConfig,
 };

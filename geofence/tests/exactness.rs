@@ -2,6 +2,11 @@
 //! random fences and random points, with points crowded around fence edges
 //! (where the hexagon grid would go wrong if anything did).
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "helpers of a test fail the test by panicking"
+)]
+
 use geofence::{Fence, FenceId, FenceIndex, Point};
 use proptest::prelude::*;
 

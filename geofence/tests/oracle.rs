@@ -1,5 +1,10 @@
-//! Differential tests against Uber's reference H3 library (PyPI `h3` 4.x),
+//! Differential tests against Uber's reference H3 library (the `h3` package 4.x),
 //! through fixtures made by `geofence/oracle/generate.py`.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "helpers of a test fail the test by panicking"
+)]
 
 use std::collections::HashSet;
 
@@ -9,8 +14,11 @@ use h3o::{CellIndex, LatLng, Resolution};
 use serde_json::Value;
 
 fn fixtures() -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/oracle.json"))
-        .expect("fixtures: run geofence/oracle/generate.py");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/oracle.json"
+    ))
+    .expect("fixtures: run geofence/oracle/generate.py");
     serde_json::from_str(&text).expect("fixtures are JSON")
 }
 
@@ -23,7 +31,11 @@ fn cell_ids_match_the_reference_at_every_resolution() {
         let ll = LatLng::new(p["lat"].as_f64().unwrap(), p["lng"].as_f64().unwrap()).unwrap();
         for (r, want) in p["cells"].as_array().unwrap().iter().enumerate() {
             let res = Resolution::try_from(u8::try_from(r).unwrap()).unwrap();
-            assert_eq!(ll.to_cell(res).to_string(), want.as_str().unwrap(), "{p} at res {r}");
+            assert_eq!(
+                ll.to_cell(res).to_string(),
+                want.as_str().unwrap(),
+                "{p} at res {r}"
+            );
         }
     }
 }
@@ -32,11 +44,19 @@ fn cell_ids_match_the_reference_at_every_resolution() {
 fn refused(name: &str) -> Option<fn(&FenceError) -> bool> {
     let antimeridian: fn(&FenceError) -> bool = |e| matches!(e, FenceError::Antimeridian(_));
     match name {
-        "Transmeridian" | "TransmeridianHole" | "TransmeridianComplex" | "HalfWorld_1" | "HalfWorld_2"
-        | "Rabi" | "h3o_issue23" => {
-            Some(antimeridian)
-        }
-        "Empty" => Some(|e| matches!(e, FenceError::NoArea { .. } | FenceError::TooFewVertices { .. })),
+        "Transmeridian"
+        | "TransmeridianHole"
+        | "TransmeridianComplex"
+        | "HalfWorld_1"
+        | "HalfWorld_2"
+        | "Rabi"
+        | "h3o_issue23" => Some(antimeridian),
+        "Empty" => Some(|e| {
+            matches!(
+                e,
+                FenceError::NoArea { .. } | FenceError::TooFewVertices { .. }
+            )
+        }),
         _ => None,
     }
 }
@@ -70,10 +90,16 @@ fn the_index_cover_agrees_with_the_reference_polyfill() {
         let (interior, edge) = cover(&fence, res);
         let ours: HashSet<CellIndex> = interior.iter().chain(&edge).copied().collect();
         for c in &interior {
-            assert!(reference.contains(c), "{name}: interior cell {c} is not in the reference cover");
+            assert!(
+                reference.contains(c),
+                "{name}: interior cell {c} is not in the reference cover"
+            );
         }
         for c in &reference {
-            assert!(ours.contains(c), "{name}: reference cell {c} is missing from our cover");
+            assert!(
+                ours.contains(c),
+                "{name}: reference cell {c} is missing from our cover"
+            );
         }
         compared += 1;
     }

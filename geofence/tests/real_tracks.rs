@@ -5,8 +5,18 @@
 //! `cargo test -p rxtrack-geofence --test real_tracks -- --nocapture` prints
 //! the table recorded in geofence/README.md.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "helpers of a test fail the test by panicking"
+)]
+#![allow(
+    clippy::print_stdout,
+    reason = "the replay prints the table recorded in README.md"
+)]
+
 use geofence::{
-    Fence, FenceId, FenceIndex, Fix, NaiveProximity, Point, ProximityConfig, ProximityEvent, Subject, TrackConfig,
+    Fence, FenceId, FenceIndex, Fix, NaiveProximity, Point, ProximityConfig, ProximityEvent,
+    Subject, TrackConfig,
 };
 
 /// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
@@ -33,7 +43,8 @@ fn attr(s: &str, name: &str) -> f64 {
 }
 
 fn load(name: &str) -> Vec<Fix> {
-    let text = std::fs::read_to_string(format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let text = std::fs::read_to_string(format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap();
     text.split("<trkpt ")
         .skip(1)
         .map(|chunk| {
@@ -80,9 +91,18 @@ fn replay(fixes: &[Fix], fences: &[Fence]) -> Counts {
     }
     let mut subject = Subject::default();
     let mut naive = vec![NaiveProximity::default(); fences.len()];
-    let mut counts = Counts { ours: Vec::new(), naive: Vec::new() };
+    let mut counts = Counts {
+        ours: Vec::new(),
+        naive: Vec::new(),
+    };
     for fix in fixes {
-        subject.observe(&idx, fix, &TrackConfig::default(), |_| ProximityConfig::default(), &mut counts.ours);
+        subject.observe(
+            &idx,
+            fix,
+            &TrackConfig::default(),
+            |_| ProximityConfig::default(),
+            &mut counts.ours,
+        );
         for (i, (f, n)) in fences.iter().zip(naive.iter_mut()).enumerate() {
             if let Some(e) = n.update(fix, f.distance_to_edge_m(fix.point)) {
                 counts.naive.push((FenceId(i as u64), e));
@@ -104,8 +124,13 @@ fn transitions(events: &[(FenceId, ProximityEvent)]) -> usize {
 fn excess(events: &[(FenceId, ProximityEvent)], fences: usize) -> usize {
     (0..fences)
         .map(|i| {
-            let mine: Vec<_> = events.iter().filter(|(id, _)| id.0 == i as u64).map(|(_, e)| *e).collect();
-            transitions(&mine.iter().map(|e| (FenceId(0), *e)).collect::<Vec<_>>()).saturating_sub(2)
+            let mine: Vec<_> = events
+                .iter()
+                .filter(|(id, _)| id.0 == i as u64)
+                .map(|(_, e)| *e)
+                .collect();
+            transitions(&mine.iter().map(|e| (FenceId(0), *e)).collect::<Vec<_>>())
+                .saturating_sub(2)
         })
         .sum()
 }
@@ -148,9 +173,15 @@ fn the_car_track_parked_by_a_fence_edge() {
         c.naive.len(),
         c.ours.len()
     );
-    assert!(c.naive.len() >= 2, "the naive detector flaps on the real jitter: {}", c.naive.len());
     assert!(
-        !c.ours.iter().any(|(_, e)| matches!(e, ProximityEvent::Exited(_))),
+        c.naive.len() >= 2,
+        "the naive detector flaps on the real jitter: {}",
+        c.naive.len()
+    );
+    assert!(
+        !c.ours
+            .iter()
+            .any(|(_, e)| matches!(e, ProximityEvent::Exited(_))),
         "a parked car never leaves"
     );
     assert!(transitions(&c.ours) <= 1);
@@ -171,17 +202,31 @@ fn the_walk_with_a_gps_jump() {
         c.naive.len(),
         c.ours.len()
     );
-    assert_eq!(c.naive.len(), 2, "naive: entered then exited on one bad fix");
+    assert_eq!(
+        c.naive.len(),
+        2,
+        "naive: entered then exited on one bad fix"
+    );
     assert!(c.ours.is_empty(), "ours: one fix confirms nothing");
 }
 
 #[test]
 fn fences_along_both_tracks() {
-    for (name, step, radius) in [("around-visnjan-with-car.gpx", 6, 40.0), ("cerknicko-jezero.gpx", 12, 40.0)] {
+    for (name, step, radius) in [
+        ("around-visnjan-with-car.gpx", 6, 40.0),
+        ("cerknicko-jezero.gpx", 12, 40.0),
+    ] {
         let fixes = load(name);
-        let fences: Vec<Fence> = fixes.iter().step_by(step).map(|f| Fence::circle(f.point, radius).unwrap()).collect();
+        let fences: Vec<Fence> = fixes
+            .iter()
+            .step_by(step)
+            .map(|f| Fence::circle(f.point, radius).unwrap())
+            .collect();
         let c = replay(&fixes, &fences);
-        let (naive_excess, ours_excess) = (excess(&c.naive, fences.len()), excess(&c.ours, fences.len()));
+        let (naive_excess, ours_excess) = (
+            excess(&c.naive, fences.len()),
+            excess(&c.ours, fences.len()),
+        );
         let (naive_flaps, ours_flaps) = (flaps(&c.naive, 60_000), flaps(&c.ours, 60_000));
         println!(
             "{name}: {} fences of {radius} m; naive {} entered/exited ({} beyond one visit each, {} flaps), \
@@ -201,7 +246,10 @@ fn fences_along_both_tracks() {
         // Every fence the track really passes through (at least two fixes
         // inside) is entered by ours.
         for (i, f) in fences.iter().enumerate() {
-            let inside = fixes.iter().filter(|x| f.distance_to_edge_m(x.point) < -5.0).count();
+            let inside = fixes
+                .iter()
+                .filter(|x| f.distance_to_edge_m(x.point) < -5.0)
+                .count();
             if inside >= 3 {
                 assert!(
                     c.ours
@@ -213,4 +261,3 @@ fn fences_along_both_tracks() {
         }
     }
 }
-
