@@ -125,6 +125,16 @@ fn bench(c: &mut Criterion) {
 
         let mut out = Vec::with_capacity(16);
         let mut i = 0usize;
+        if n == 1_000 {
+            // The fixed cost under every lookup: the point's finest cell.
+            g.bench_function("h3o_to_cell_res12_only", |b| {
+                b.iter(|| {
+                    i = (i + 1) % points.len();
+                    let p = black_box(points[i]);
+                    h3o::LatLng::new(p.lat(), p.lng()).map(|ll| ll.to_cell(h3o::Resolution::Twelve)).ok()
+                });
+            });
+        }
         g.bench_with_input(BenchmarkId::new("h3_index", n), &n, |b, _| {
             b.iter(|| {
                 i = (i + 1) % points.len();
