@@ -131,7 +131,9 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| {
                     i = (i + 1) % points.len();
                     let p = black_box(points[i]);
-                    h3o::LatLng::new(p.lat(), p.lng()).map(|ll| ll.to_cell(h3o::Resolution::Twelve)).ok()
+                    h3o::LatLng::new(p.lat(), p.lng())
+                        .map(|ll| ll.to_cell(h3o::Resolution::Twelve))
+                        .ok()
                 });
             });
         }

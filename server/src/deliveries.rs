@@ -14,12 +14,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use geofence::{FenceId, FenceIndex, ProximityConfig, ProximityEvent, TrackConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Principal, Role};
 use crate::log::{
     Actor, CryptoError, DataKey, Draft, Event, EventKind, Location, Pending, Store, TenantChain,
+    Where,
 };
+use crate::protocol::Fix;
 use crate::types::{DeliveryId, DeviceId, LatLng, SubjectId, TenantId, UnixMillis};
 
 /// Most stops on one driver's route.
@@ -154,6 +157,22 @@ pub struct Fence {
 }
 
 impl Fence {
+    /// The geofence this describes, checked (self-intersection included).
+    fn to_geofence(&self, name: &str) -> Result<geofence::Fence, DomainError> {
+        self.validate(name)?;
+        let bad = |e: geofence::FenceError| DomainError::Invalid(format!("{name}: {e}"));
+        match (&self.radius_m, &self.polygon, self.lat, self.lng) {
+            (Some(r), None, Some(lat), Some(lng)) => {
+                geofence::Fence::circle(geofence::Point::new(lat, lng).map_err(bad)?, *r)
+                    .map_err(bad)
+            }
+            (None, Some(poly), _, _) => geofence::Fence::polygon(&[poly.as_slice()]).map_err(bad),
+            _ => Err(DomainError::Invalid(format!(
+                "{name}: give radius_m (with lat, lng) or polygon"
+            ))),
+        }
+    }
+
     fn validate(&self, name: &str) -> Result<(), DomainError> {
         let bad = |m: String| DomainError::Invalid(format!("{name}: {m}"));
         match (self.lat, self.lng) {
@@ -272,6 +291,18 @@ pub struct Delivery {
     pub updated_at: UnixMillis,
     /// Where this delivery's events are in the log, in log order.
     pub events: Vec<Location>,
+    /// Its pickup and drop-off fences in the tenant's index, while it is active.
+    pub fences: Option<(FenceId, FenceId)>,
+    /// Whether the driver is at the pickup / at the drop-off, as the log says.
+    pub at_pickup: bool,
+    pub at_dropoff: bool,
+}
+
+/// Which end of a delivery a fence is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Pickup,
+    Dropoff,
 }
 
 /// The staff view of a delivery (`GET /v1/deliveries/{id}`).
@@ -299,6 +330,13 @@ pub struct TenantState {
     revoked: HashSet<DeviceId>,
     /// Deliveries not yet final, kept as events apply.
     active: usize,
+    /// Pickup and drop-off fences of active deliveries.
+    fences: FenceIndex,
+    fence_owner: HashMap<FenceId, (DeliveryId, Stop)>,
+    next_fence: u64,
+    /// The proximity detector's state per driver (rebuilt from fixes; the
+    /// log's arrived/departed events keep it from repeating itself).
+    drivers: HashMap<SubjectId, geofence::Subject>,
 }
 
 /// A tenant: its id and its state behind one lock.
@@ -361,6 +399,10 @@ impl Tenant {
                 routes: HashMap::new(),
                 revoked: HashSet::new(),
                 active: 0,
+                fences: FenceIndex::new(),
+                fence_owner: HashMap::new(),
+                next_fence: 0,
+                drivers: HashMap::new(),
             }),
         }
     }
@@ -375,10 +417,10 @@ impl Tenant {
     pub fn commit<T>(
         &self,
         store: &Store,
-        decide: impl FnOnce(&TenantState) -> Result<(Vec<Draft>, T), DomainError>,
+        decide: impl FnOnce(&mut TenantState) -> Result<(Vec<Draft>, T), DomainError>,
     ) -> Result<Committed<T>, DomainError> {
         let mut st = self.lock();
-        let (drafts, value) = decide(&st)?;
+        let (drafts, value) = decide(&mut st)?;
         let mut events = Vec::with_capacity(drafts.len());
         let mut pending = Vec::with_capacity(drafts.len());
         for d in drafts {
@@ -430,8 +472,8 @@ impl Tenant {
         now: UnixMillis,
     ) -> Result<Committed<DeliveryId>, DomainError> {
         require(who, &[Role::Admin, Role::Dispatcher, Role::PharmacyStaff])?;
-        req.pickup.validate("pickup")?;
-        req.dropoff.validate("dropoff")?;
+        req.pickup.to_geofence("pickup")?;
+        req.dropoff.to_geofence("dropoff")?;
         let name = req.recipient.first_name.trim();
         if name.is_empty()
             || name.chars().count() > MAX_NAME_CHARS
@@ -619,6 +661,17 @@ impl Tenant {
         })
     }
 
+    /// Feeds a driver's accepted fixes to the proximity detector; returns the
+    /// arrived/departed events they caused, queued for the log.
+    pub fn observe(
+        &self,
+        store: &Store,
+        who: &Principal,
+        fixes: &[Fix],
+    ) -> Result<Committed<()>, DomainError> {
+        self.commit(store, |st| Ok((st.proximity_drafts(who, fixes), ())))
+    }
+
     /// Records an export in the log (HIPAA accounting of disclosures).
     pub fn log_exported(
         &self,
@@ -663,32 +716,7 @@ impl TenantState {
             .and_then(|d| DeliveryId::parse(d).ok());
         let at = UnixMillis(e.at);
         match (e.kind, id) {
-            (EventKind::DeliveryCreated, Some(id)) => {
-                let Ok(c) = serde_json::from_value::<CreatedData>(e.data.clone()) else {
-                    tracing::warn!(
-                        seq = e.seq,
-                        "delivery.created without readable details; skipped"
-                    );
-                    return;
-                };
-                self.active += 1;
-                self.deliveries.insert(
-                    id.clone(),
-                    Delivery {
-                        id,
-                        status: Status::Scheduled,
-                        pickup: c.pickup,
-                        dropoff: c.dropoff,
-                        recipient: c.recipient,
-                        window: c.window,
-                        tracking_token_sha256: c.tracking_token_sha256,
-                        driver: None,
-                        created_at: at,
-                        updated_at: at,
-                        events: Vec::new(),
-                    },
-                );
-            }
+            (EventKind::DeliveryCreated, Some(id)) => self.apply_created(id, at, e),
             (EventKind::DeliveryAssigned, Some(id)) => {
                 let Ok(a) = serde_json::from_value::<AssignedData>(e.data.clone()) else {
                     return;
@@ -732,10 +760,24 @@ impl TenantState {
                     d.updated_at = at;
                 }
                 let driver = d.driver.clone().filter(|_| d.status.is_final());
+                let ended = d.status.is_final().then(|| d.fences.take()).flatten();
                 if let Some(r) = driver.and_then(|drv| self.routes.get_mut(&drv)) {
                     r.retain(|s| s != &id);
                 }
+                if let Some((p, q)) = ended {
+                    for f in [p, q] {
+                        self.fences.remove(f);
+                        self.fence_owner.remove(&f);
+                    }
+                }
             }
+            (
+                kind @ (EventKind::PickupArrived
+                | EventKind::PickupDeparted
+                | EventKind::DropoffArrived
+                | EventKind::DropoffDeparted),
+                Some(id),
+            ) => self.apply_proximity(kind, &id, at),
             (EventKind::DeviceRevoked, _) => {
                 if let Ok(dd) = serde_json::from_value::<DeviceData>(e.data.clone()) {
                     self.revoked.insert(dd.device_id);
@@ -743,6 +785,151 @@ impl TenantState {
             }
             _ => {}
         }
+    }
+
+    fn add_fences(
+        &mut self,
+        id: &DeliveryId,
+        pickup: &Fence,
+        dropoff: &Fence,
+    ) -> Option<(FenceId, FenceId)> {
+        let (Ok(p), Ok(q)) = (pickup.to_geofence("pickup"), dropoff.to_geofence("dropoff")) else {
+            tracing::warn!("a delivery's fences no longer validate; it gets no proximity events");
+            return None;
+        };
+        let ids = (FenceId(self.next_fence), FenceId(self.next_fence + 1));
+        self.next_fence += 2;
+        self.fences.insert(ids.0, p);
+        self.fences.insert(ids.1, q);
+        self.fence_owner.insert(ids.0, (id.clone(), Stop::Pickup));
+        self.fence_owner.insert(ids.1, (id.clone(), Stop::Dropoff));
+        Some(ids)
+    }
+
+    /// Runs a driver's new fixes through the proximity detector and returns
+    /// the log events they cause: arrived and departed at the pickup and
+    /// drop-off of deliveries on this driver's route, each at most once per
+    /// visit as the log already records it.
+    fn proximity_drafts(&mut self, who: &Principal, fixes: &[Fix]) -> Vec<Draft> {
+        let mut found = Vec::new();
+        let detector = self.drivers.entry(who.sub.clone()).or_default();
+        for f in fixes {
+            let Ok(point) = geofence::Point::new(f.pos.lat, f.pos.lng) else {
+                continue;
+            };
+            let fix = geofence::Fix {
+                ts_ms: f.ts.0,
+                point,
+                accuracy_m: f.acc,
+            };
+            detector.observe(
+                &self.fences,
+                &fix,
+                &TrackConfig::default(),
+                |_| ProximityConfig::default(),
+                &mut found,
+            );
+        }
+        let route = self.routes.get(&who.sub);
+        // Flags as the events of this batch would leave them.
+        let mut flags: HashMap<DeliveryId, (bool, bool)> = HashMap::new();
+        let mut drafts = Vec::new();
+        for (fence, event) in found {
+            let Some((id, stop)) = self.fence_owner.get(&fence) else {
+                continue;
+            };
+            if !route.is_some_and(|r| r.contains(id)) {
+                continue;
+            }
+            let Some(d) = self.deliveries.get(id) else {
+                continue;
+            };
+            let (at_pickup, at_dropoff) = flags
+                .entry(id.clone())
+                .or_insert((d.at_pickup, d.at_dropoff));
+            let (kind, fix) = match (stop, event) {
+                (Stop::Pickup, ProximityEvent::Entered(f)) if !*at_pickup => {
+                    *at_pickup = true;
+                    (EventKind::PickupArrived, f)
+                }
+                (Stop::Pickup, ProximityEvent::Exited(f)) if *at_pickup => {
+                    *at_pickup = false;
+                    (EventKind::PickupDeparted, f)
+                }
+                (Stop::Dropoff, ProximityEvent::Entered(f)) if !*at_dropoff => {
+                    *at_dropoff = true;
+                    (EventKind::DropoffArrived, f)
+                }
+                (Stop::Dropoff, ProximityEvent::Exited(f)) if *at_dropoff => {
+                    *at_dropoff = false;
+                    (EventKind::DropoffDeparted, f)
+                }
+                _ => continue,
+            };
+            drafts.push(Draft {
+                kind,
+                delivery_id: Some(id.as_str().to_owned()),
+                at: UnixMillis::now().0,
+                device_ts: Some(fix.ts_ms),
+                actor: actor_of(who),
+                where_: Some(Where {
+                    lat: fix.point.lat(),
+                    lng: fix.point.lng(),
+                    acc: fix.accuracy_m,
+                }),
+                data: serde_json::Value::Null,
+            });
+        }
+        drafts
+    }
+
+    fn apply_created(&mut self, id: DeliveryId, at: UnixMillis, e: &Event) {
+        let Ok(c) = serde_json::from_value::<CreatedData>(e.data.clone()) else {
+            tracing::warn!(
+                seq = e.seq,
+                "delivery.created without readable details; skipped"
+            );
+            return;
+        };
+        self.active += 1;
+        let fences = self.add_fences(&id, &c.pickup, &c.dropoff);
+        self.deliveries.insert(
+            id.clone(),
+            Delivery {
+                id,
+                status: Status::Scheduled,
+                pickup: c.pickup,
+                dropoff: c.dropoff,
+                recipient: c.recipient,
+                window: c.window,
+                tracking_token_sha256: c.tracking_token_sha256,
+                driver: None,
+                created_at: at,
+                updated_at: at,
+                events: Vec::new(),
+                fences,
+                at_pickup: false,
+                at_dropoff: false,
+            },
+        );
+    }
+
+    fn apply_proximity(&mut self, kind: EventKind, id: &DeliveryId, at: UnixMillis) {
+        let Some(d) = self.deliveries.get_mut(id) else {
+            return;
+        };
+        match kind {
+            EventKind::PickupArrived => d.at_pickup = true,
+            EventKind::PickupDeparted => d.at_pickup = false,
+            EventKind::DropoffArrived => {
+                d.at_dropoff = true;
+                if matches!(d.status, Status::EnRoute | Status::Approaching) {
+                    d.status = Status::Arrived;
+                }
+            }
+            _ => d.at_dropoff = false,
+        }
+        d.updated_at = at;
     }
 
     fn record_location(&mut self, e: &Event, loc: Location) {

@@ -443,6 +443,26 @@ impl Session<'_> {
             }
             (applied, live.cursor.last_seq)
         };
+        // The events these fixes cause are durable before the ack goes out.
+        if !applied.accepted.is_empty()
+            && let Some(tenant) = self.app.tenant(&self.principal.tenant)
+        {
+            let durable = match tenant.observe(&self.app.store, &self.principal, &applied.accepted)
+            {
+                Ok(committed) if committed.events.is_empty() => Ok(()),
+                Ok(committed) => self
+                    .app
+                    .durable(tenant, committed)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = durable {
+                tracing::error!(error = %e, "proximity events could not be made durable; closing the driver socket");
+                return Next::Close(close::GOING_AWAY, "delivery log unavailable");
+            }
+        }
         let m = &self.app.metrics;
         m.pings_accepted.inc_by(applied.accepted.len() as u64);
         m.pings_duplicate.inc_by(applied.duplicates as u64);

@@ -1,0 +1,185 @@
+//! Proximity events from real driver sockets: a driver drives past the pickup
+//! and to the drop-off with GPS noise; the log gets each arrived/departed
+//! event once, with the fix that decided it, whatever is replayed or restarted.
+#![allow(
+    clippy::unwrap_used,
+    reason = "helpers of a test fail the test by panicking"
+)]
+#![allow(
+    clippy::too_many_lines,
+    reason = "a story test reads top to bottom, step by step"
+)]
+
+use rxtrack_tests::*;
+use serde_json::{Value, json};
+
+const PICKUP: (f64, f64) = (60.1699, 24.9384);
+const DROPOFF: (f64, f64) = (60.1718, 24.9414);
+
+/// A ping `seq` at a point, with a small deterministic GPS wobble.
+fn ping_at(seq: u64, ts: i64, (lat, lng): (f64, f64)) -> Value {
+    let wobble = ((seq * 7919) % 11) as f64 - 5.0; // -5..5
+    json!({"type":"ping","seq":seq,"ts":ts,"lat":lat + wobble * 2e-6,"lng":lng + wobble * 3e-6,"acc":5.0,"speed":9.0})
+}
+
+/// Points from `a` to `b` in `n` steps (excluding `a`).
+fn leg(a: (f64, f64), b: (f64, f64), n: u32) -> Vec<(f64, f64)> {
+    (1..=n)
+        .map(|i| {
+            let t = f64::from(i) / f64::from(n);
+            (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t)
+        })
+        .collect()
+}
+
+fn drive() -> Vec<(f64, f64)> {
+    let start = (PICKUP.0 - 0.0030, PICKUP.1); // about 330 m south
+    let mut path = leg(start, PICKUP, 30);
+    path.extend(std::iter::repeat_n(PICKUP, 10)); // loading at the pharmacy
+    path.extend(leg(PICKUP, DROPOFF, 30));
+    path.extend(std::iter::repeat_n(DROPOFF, 15)); // at the door
+    path
+}
+
+async fn kinds(s: &Server, token: &str, id: &str) -> Vec<Value> {
+    let (code, ev) = call(
+        http()
+            .get(s.url(&format!("/v1/deliveries/{id}/events")))
+            .bearer_auth(token),
+    )
+    .await;
+    assert_eq!(code, 200, "{ev}");
+    ev["events"].as_array().unwrap().clone()
+}
+
+fn count(events: &[Value], kind: &str) -> usize {
+    events.iter().filter(|e| e["kind"] == kind).count()
+}
+
+#[tokio::test]
+async fn a_drive_past_the_pickup_to_the_dropoff() {
+    let mut s = Server::start();
+    let disp = staff("acme", "dispatcher", "alice");
+    let body = json!({
+        "id": "rx-1",
+        "pickup": {"lat": PICKUP.0, "lng": PICKUP.1, "radius_m": 60},
+        "dropoff": {"lat": DROPOFF.0, "lng": DROPOFF.1, "radius_m": 40},
+        "recipient": {"first_name": "Anneliese"}
+    });
+    assert_eq!(
+        call(
+            http()
+                .post(s.url("/v1/deliveries"))
+                .bearer_auth(&disp)
+                .json(&body)
+        )
+        .await
+        .0,
+        201
+    );
+    let (code, _) = call(
+        http()
+            .put(s.url("/v1/drivers/d1/route"))
+            .bearer_auth(&disp)
+            .json(&json!({"stops":["rx-1"]})),
+    )
+    .await;
+    assert_eq!(code, 200);
+
+    let path = drive();
+    let t0 = now_ms() - 200_000;
+    let pings: Vec<Value> = path
+        .iter()
+        .enumerate()
+        .zip(0i64..)
+        .map(|((i, p), k)| ping_at(i as u64 + 1, t0 + k * 1000, *p))
+        .collect();
+    let n = pings.len() as u64;
+
+    // Another driver, not on this route, drives the same way: no events for rx-1.
+    let mut stranger = driver_connect(&s, &driver("acme", "d9", "phone-9")).await;
+    send_json(&mut stranger, &json!({"type":"batch","pings":pings})).await;
+    assert_eq!(until_ack(&mut stranger).await.0, n);
+    assert_eq!(count(&kinds(&s, &disp, "rx-1").await, "pickup.arrived"), 0);
+
+    let mut ws = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
+    // Up to the pharmacy, one ping at a time.
+    for p in &pings[..40] {
+        send_json(&mut ws, p).await;
+        until_ack(&mut ws).await;
+    }
+    let ev = kinds(&s, &disp, "rx-1").await;
+    assert_eq!(count(&ev, "pickup.arrived"), 1, "{ev:?}");
+    let arrived = ev.iter().find(|e| e["kind"] == "pickup.arrived").unwrap();
+    assert_eq!(
+        arrived["actor"],
+        json!({"role":"driver","sub":"d1","device":"phone-1"})
+    );
+    assert!(arrived["where"]["lat"].as_f64().is_some() && arrived["device_ts"].as_i64().is_some());
+    assert_eq!(
+        call(
+            http()
+                .post(s.url("/v1/deliveries/rx-1/status"))
+                .bearer_auth(&disp)
+                .json(&json!({"status":"picked_up"}))
+        )
+        .await
+        .0,
+        200
+    );
+
+    // The rest as one batch (a dead zone), then the whole drive replayed.
+    send_json(&mut ws, &json!({"type":"batch","pings":pings[40..]})).await;
+    assert_eq!(until_ack(&mut ws).await.0, n);
+    send_json(&mut ws, &json!({"type":"batch","pings":pings})).await;
+    assert_eq!(until_ack(&mut ws).await.0, n);
+    let ev = kinds(&s, &disp, "rx-1").await;
+    for kind in ["pickup.arrived", "pickup.departed", "dropoff.arrived"] {
+        assert_eq!(count(&ev, kind), 1, "{kind} in {ev:?}");
+    }
+    assert_eq!(count(&ev, "dropoff.departed"), 0);
+    let order: Vec<&str> = ev.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let pos = |k: &str| order.iter().position(|x| *x == k).unwrap();
+    assert!(
+        pos("pickup.arrived") < pos("pickup.departed")
+            && pos("pickup.departed") < pos("dropoff.arrived")
+    );
+    let (_, d) = call(http().get(s.url("/v1/deliveries/rx-1")).bearer_auth(&disp)).await;
+    assert_eq!(d["status"], "arrived");
+
+    // A restart forgets the detector, not the log: still one dropoff.arrived.
+    drop(ws);
+    s.restart();
+    let mut ws = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
+    let more: Vec<Value> = (0..5)
+        .map(|i| {
+            ping_at(
+                n + 1 + i,
+                now_ms() - 5_000 + i.cast_signed() * 1000,
+                DROPOFF,
+            )
+        })
+        .collect();
+    send_json(&mut ws, &json!({"type":"batch","pings":more})).await;
+    until_ack(&mut ws).await;
+    let ev = kinds(&s, &disp, "rx-1").await;
+    assert_eq!(count(&ev, "dropoff.arrived"), 1, "{ev:?}");
+    assert_eq!(
+        call(
+            http()
+                .post(s.url("/v1/deliveries/rx-1/status"))
+                .bearer_auth(&disp)
+                .json(&json!({"status":"delivered"}))
+        )
+        .await
+        .0,
+        200
+    );
+    let (_, report) = call(
+        http()
+            .get(s.url("/v1/log/verify"))
+            .bearer_auth(staff("acme", "admin", "root")),
+    )
+    .await;
+    assert_eq!(report["ok"], true);
+}
