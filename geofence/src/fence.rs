@@ -94,6 +94,8 @@ pub enum FenceError {
     HoleOutside(usize),
     #[error("the fence spans {0}° of longitude; fences may not cross the antimeridian")]
     Antimeridian(f64),
+    #[error("the polygon reaches {0:.0} m from its first vertex, more than allowed")]
+    TooLarge(f64),
     #[error("GeoJSON: {0}")]
     GeoJson(String),
 }
@@ -281,6 +283,13 @@ impl Fence {
     /// # Ok::<(), geofence::FenceError>(())
     /// ```
     pub fn polygon(rings: &[&[[f64; 2]]]) -> Result<Self, FenceError> {
+        Self::polygon_within(rings, MAX_RADIUS_M)
+    }
+
+    /// As [`Fence::polygon`], with another limit on how far the polygon may
+    /// reach from its first vertex (metres). Covering a fence costs time in
+    /// proportion to its size, so a server keeps the default or lower.
+    pub fn polygon_within(rings: &[&[[f64; 2]]], max_reach_m: f64) -> Result<Self, FenceError> {
         if rings.is_empty() {
             return Err(FenceError::TooFewVertices { ring: 0, count: 0 });
         }
@@ -312,6 +321,14 @@ impl Fence {
         }
         if bbox[3] - bbox[1] >= 180.0 {
             return Err(FenceError::Antimeridian(bbox[3] - bbox[1]));
+        }
+        let anchor = rings[0][0];
+        let reach = rings[0]
+            .iter()
+            .map(|p| anchor.distance_m(*p))
+            .fold(0.0, f64::max);
+        if reach > max_reach_m {
+            return Err(FenceError::TooLarge(reach));
         }
         check_simple(&rings)?;
         for (h, hole) in rings.iter().enumerate().skip(1) {
@@ -345,6 +362,11 @@ impl Fence {
 
     /// As [`Fence::from_geojson`], from a parsed value.
     pub fn from_geojson_value(v: &Value) -> Result<Self, FenceError> {
+        Self::from_geojson_value_within(v, MAX_RADIUS_M)
+    }
+
+    /// As [`Fence::from_geojson_value`], with the reach limit of [`Fence::polygon_within`].
+    pub fn from_geojson_value_within(v: &Value, max_reach_m: f64) -> Result<Self, FenceError> {
         let gj = |m: &str| FenceError::GeoJson(m.to_owned());
         let geometry = match v.get("type").and_then(Value::as_str) {
             Some("Feature") => v
@@ -395,7 +417,7 @@ impl Fence {
             parsed.push(out);
         }
         let refs: Vec<&[[f64; 2]]> = parsed.iter().map(Vec::as_slice).collect();
-        Fence::polygon(&refs)
+        Fence::polygon_within(&refs, max_reach_m)
     }
 
     /// Whether the fence contains `p` (the exact test).
@@ -505,28 +527,28 @@ mod tests {
 
     #[test]
     fn polygon_validation_names_the_problem() {
-        let bowtie = [[0.0, 0.0], [2.0, 2.0], [2.0, 0.0], [0.0, 1.0]];
+        let bowtie = [[0.0, 0.0], [0.02, 0.02], [0.02, 0.0], [0.0, 0.01]];
         assert!(matches!(
             Fence::polygon(&[&bowtie[..]]),
             Err(FenceError::SelfIntersection { .. })
         ));
-        let line = [[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]];
+        let line = [[0.0, 0.0], [0.005, 0.005], [0.01, 0.01]];
         assert_eq!(
             Fence::polygon(&[&line[..]]),
             Err(FenceError::NoArea { ring: 0 })
         );
-        let two = [[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]];
+        let two = [[0.0, 0.0], [0.01, 0.01], [0.0, 0.0]];
         assert!(matches!(
             Fence::polygon(&[&two[..]]),
             Err(FenceError::TooFewVertices { count: 2, .. })
         ));
-        let sq = [[0.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]];
-        let out = [[2.0, 2.0], [2.0, 3.0], [3.0, 3.0]];
+        let sq = [[0.0, 0.0], [0.0, 0.01], [0.01, 0.01], [0.01, 0.0]];
+        let out = [[0.02, 0.02], [0.02, 0.03], [0.03, 0.03]];
         assert_eq!(
             Fence::polygon(&[&sq[..], &out[..]]),
             Err(FenceError::HoleOutside(1))
         );
-        let crossing = [[0.5, 0.5], [0.5, 1.5], [0.7, 0.5]];
+        let crossing = [[0.005, 0.005], [0.005, 0.015], [0.007, 0.005]];
         assert!(matches!(
             Fence::polygon(&[&sq[..], &crossing[..]]),
             Err(FenceError::SelfIntersection { .. })
@@ -536,16 +558,21 @@ mod tests {
             Fence::polygon(&[&wide[..]]),
             Err(FenceError::Antimeridian(_))
         ));
+        let huge = [[0.0, 0.0], [0.0, 2.0], [2.0, 2.0]];
+        assert!(matches!(
+            Fence::polygon(&[&huge[..]]),
+            Err(FenceError::TooLarge(_))
+        ));
         let bad = [[0.0, 0.0], [95.0, 1.0], [1.0, 0.0]];
         assert_eq!(Fence::polygon(&[&bad[..]]), Err(FenceError::Latitude(95.0)));
         assert!(Fence::polygon(&[&sq[..]]).is_ok());
         // A closing vertex and repeated vertices are tolerated.
         let closed = [
             [0.0, 0.0],
-            [0.0, 1.0],
-            [0.0, 1.0],
-            [1.0, 1.0],
-            [1.0, 0.0],
+            [0.0, 0.01],
+            [0.0, 0.01],
+            [0.01, 0.01],
+            [0.01, 0.0],
             [0.0, 0.0],
         ];
         assert!(Fence::polygon(&[&closed[..]]).is_ok());

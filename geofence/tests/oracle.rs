@@ -67,7 +67,9 @@ fn the_index_cover_agrees_with_the_reference_polyfill() {
     let mut compared = 0;
     for s in f["shapes"].as_array().unwrap() {
         let name = s["name"].as_str().unwrap();
-        let fence = Fence::from_geojson_value(&s["geometry"]);
+        // The reference shapes include regions far larger than any delivery
+        // fence: lift the size limit (the default refuses them).
+        let fence = Fence::from_geojson_value_within(&s["geometry"], 1.0e7);
         if let Some(expected) = refused(name) {
             let e = fence.expect_err(name);
             assert!(expected(&e), "{name}: {e}");

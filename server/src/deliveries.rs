@@ -166,7 +166,16 @@ impl Fence {
                 geofence::Fence::circle(geofence::Point::new(lat, lng).map_err(bad)?, *r)
                     .map_err(bad)
             }
-            (None, Some(poly), _, _) => geofence::Fence::polygon(&[poly.as_slice()]).map_err(bad),
+            (None, Some(poly), _, _) => {
+                let fence = geofence::Fence::polygon(&[poly.as_slice()]).map_err(bad)?;
+                let (_, reach) = fence.bounds();
+                if reach > MAX_RADIUS_M {
+                    return Err(DomainError::Invalid(format!(
+                        "{name}: the polygon spans {reach:.0} m; at most {MAX_RADIUS_M} m from its first vertex"
+                    )));
+                }
+                Ok(fence)
+            }
             _ => Err(DomainError::Invalid(format!(
                 "{name}: give radius_m (with lat, lng) or polygon"
             ))),
@@ -812,7 +821,14 @@ impl TenantState {
     /// visit as the log already records it.
     fn proximity_drafts(&mut self, who: &Principal, fixes: &[Fix]) -> Vec<Draft> {
         let mut found = Vec::new();
-        let detector = self.drivers.entry(who.sub.clone()).or_default();
+        // No allocation per ping once the driver is known.
+        if !self.drivers.contains_key(&who.sub) {
+            self.drivers
+                .insert(who.sub.clone(), geofence::Subject::default());
+        }
+        let Some(detector) = self.drivers.get_mut(&who.sub) else {
+            return Vec::new();
+        };
         for f in fixes {
             let Ok(point) = geofence::Point::new(f.pos.lat, f.pos.lng) else {
                 continue;

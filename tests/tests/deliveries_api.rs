@@ -267,6 +267,11 @@ async fn bodies_refuse_unknown_fields_and_hostile_values() {
     bad_window["window"] = json!({"from": 10, "to": 5});
     let mut lat_string = delivery_body("rx-9");
     lat_string["pickup"]["lat"] = json!("60.1");
+    let mut bowtie = delivery_body("rx-10");
+    bowtie["dropoff"] = json!({"polygon": [[60.170, 24.940], [60.174, 24.944], [60.174, 24.940], [60.170, 24.942]]});
+    let mut county = delivery_body("rx-11");
+    county["dropoff"] =
+        json!({"polygon": [[60.0, 24.0], [60.0, 25.0], [60.5, 25.0], [60.5, 24.0]]});
     for (body, code, words) in [
         (with_diagnosis, "invalid_body", "unknown field `diagnosis`"),
         (in_recipient, "invalid_body", "unknown field `medication`"),
@@ -277,6 +282,8 @@ async fn bodies_refuse_unknown_fields_and_hostile_values() {
         (empty_name, "invalid", "first_name"),
         (bad_window, "invalid", "window"),
         (lat_string, "invalid_body", "invalid type"),
+        (bowtie, "invalid", "crosses"),
+        (county, "invalid", "polygon"),
     ] {
         let (status, b) = create(&s, &disp, &body).await;
         assert_eq!(status, 400, "{b}");
