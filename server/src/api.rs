@@ -178,6 +178,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/devices", get(list_devices))
         .route("/v1/devices/{did}/revoke", post(revoke_device))
         .route("/v1/driver/ws", get(driver_ws))
+        .route("/v1/deliveries/{id}/link/revoke", post(revoke_link))
+        .route("/v1/track/{token}", get(crate::track::snapshot))
+        .route("/v1/track/{token}/ws", get(crate::track::socket))
         .route_layer(middleware::from_fn_with_state(app.clone(), observe))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -602,6 +605,20 @@ async fn revoke_device(
     app.durable(t, committed).await?;
     app.devices.kick(&p.tenant, &did, Kick::Revoked);
     Ok(axum::Json(serde_json::json!({"device_id": did, "revoked": true})).into_response())
+}
+
+async fn revoke_link(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let p = principal(&app, &headers)?;
+    require(&p, &[Role::Admin, Role::Dispatcher])?;
+    let id = parse_id(&id, DeliveryId::parse)?;
+    let t = tenant(&app, &p)?;
+    let committed = t.revoke_link(&app.store, &p, &id, UnixMillis::now())?;
+    app.durable(t, committed).await?;
+    Ok(axum::Json(serde_json::json!({"id": id, "link_revoked": true})).into_response())
 }
 
 async fn driver_ws(State(app): State<Arc<App>>, mut req: Request) -> ApiResult<Response> {

@@ -31,6 +31,8 @@ pub struct App {
     pub tracker: TaskTracker,
     /// One permit per open connection (HTTP or WebSocket).
     pub conn_limit: Arc<Semaphore>,
+    /// Tracking-link lookups per client address.
+    pub link_limiter: crate::track::LinkLimiter,
 }
 
 /// Why waiting for durability failed.
@@ -121,6 +123,7 @@ impl App {
             shutdown,
             tracker: TaskTracker::new(),
             conn_limit: Arc::new(Semaphore::new(config_limit)),
+            link_limiter: crate::track::LinkLimiter::default(),
         }))
     }
 

@@ -36,6 +36,9 @@ pub enum Role {
     Viewer,
     PharmacyStaff,
     Driver,
+    /// Not a token role: the holder of a patient tracking link, as an actor
+    /// in the delivery log. [`Role::parse`] never yields it.
+    TrackingLink,
 }
 
 impl Role {
@@ -47,6 +50,7 @@ impl Role {
             Role::Viewer => "viewer",
             Role::PharmacyStaff => "pharmacy_staff",
             Role::Driver => "driver",
+            Role::TrackingLink => "tracking_link",
         }
     }
 

@@ -84,6 +84,9 @@ struct RawLimits {
     message_burst: Option<f64>,
     max_body_kib: Option<usize>,
     header_timeout_ms: Option<u64>,
+    link_lookups_per_minute: Option<f64>,
+    link_lookup_burst: Option<f64>,
+    heartbeat_ms: Option<u64>,
 }
 
 /// Server-wide limits. Each default is chosen for a driver app that pings
@@ -108,6 +111,12 @@ pub struct Limits {
     /// A connection must send its request headers (and so its token) within
     /// this time: the authentication deadline, and the slowloris guard.
     pub header_timeout_ms: u64,
+    /// Tracking-link lookups per client address: sustained rate and burst.
+    pub link_lookups_per_s: f64,
+    pub link_lookup_burst: f64,
+    /// Subscriber sockets are pinged this often, and closed after three
+    /// heartbeats without an answer.
+    pub heartbeat_ms: u64,
 }
 
 impl Default for Limits {
@@ -122,6 +131,9 @@ impl Default for Limits {
             message_burst: 60.0,
             max_body_bytes: 64 * 1024,
             header_timeout_ms: 10_000,
+            link_lookups_per_s: 1.0,
+            link_lookup_burst: 30.0,
+            heartbeat_ms: 20_000,
         }
     }
 }
@@ -429,6 +441,20 @@ fn parse_limits(r: &RawLimits) -> Result<Limits, ConfigError> {
         header_timeout_ms: match r.header_timeout_ms {
             None => d.header_timeout_ms,
             Some(n) => check_range(n, 100, 120_000, "limits.header_timeout_ms")?,
+        },
+        link_lookups_per_s: pos(
+            r.link_lookups_per_minute.map(|m| m / 60.0),
+            d.link_lookups_per_s,
+            "link_lookups_per_minute",
+        )?,
+        link_lookup_burst: pos(
+            r.link_lookup_burst,
+            d.link_lookup_burst,
+            "link_lookup_burst",
+        )?,
+        heartbeat_ms: match r.heartbeat_ms {
+            None => d.heartbeat_ms,
+            Some(n) => check_range(n, 100, 600_000, "limits.heartbeat_ms")?,
         },
     })
 }

@@ -14,14 +14,19 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
 use geofence::{FenceId, FenceIndex, ProximityConfig, ProximityEvent, TrackConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Principal, Role};
+use crate::eta::{self, EtaConfig, SpeedModel};
 use crate::log::{
     Actor, CryptoError, DataKey, Draft, Event, EventKind, Location, Pending, Store, TenantChain,
     Where,
 };
+use crate::patient::PatientSnapshot;
 use crate::protocol::Fix;
 use crate::types::{DeliveryId, DeviceId, LatLng, SubjectId, TenantId, UnixMillis};
 
@@ -36,6 +41,8 @@ pub const MAX_RADIUS_M: f64 = 5000.0;
 pub const MAX_REASON_CHARS: usize = 500;
 /// Longest recipient first name, in characters.
 pub const MAX_NAME_CHARS: usize = 100;
+/// A tracking link keeps working this long after its delivery ends.
+pub const LINK_GRACE_MS: i64 = 60 * 60 * 1000;
 
 /// Why a command was refused.
 #[derive(Debug, thiserror::Error)]
@@ -287,6 +294,10 @@ struct DeviceData {
 
 /// One delivery.
 #[derive(Clone, Debug)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "each flag mirrors one kind of log event"
+)]
 pub struct Delivery {
     pub id: DeliveryId,
     pub status: Status,
@@ -305,6 +316,51 @@ pub struct Delivery {
     /// Whether the driver is at the pickup / at the drop-off, as the log says.
     pub at_pickup: bool,
     pub at_dropoff: bool,
+    /// Whether `dropoff.approaching` was recorded.
+    pub approached: bool,
+    /// When it reached a final status.
+    pub ended_at: Option<UnixMillis>,
+    pub link_revoked: bool,
+    /// The latest arrival estimate.
+    pub eta: Option<UnixMillis>,
+    /// What the patient sees now, and the channel that carries it (encoded
+    /// once; latest wins, so a slow reader never holds anyone up).
+    pub snapshot: PatientSnapshot,
+    pub patient: watch::Sender<Utf8Bytes>,
+}
+
+impl Delivery {
+    /// The point the ETA aims at: the drop-off's centre, or the mean of its vertices.
+    fn target(&self) -> Option<LatLng> {
+        match (&self.dropoff.lat, &self.dropoff.lng, &self.dropoff.polygon) {
+            (Some(lat), Some(lng), _) => LatLng::new(*lat, *lng).ok(),
+            (_, _, Some(poly)) if !poly.is_empty() => {
+                let n = poly.len() as f64;
+                let lat = poly.iter().map(|p| p[0]).sum::<f64>() / n;
+                let lng = poly.iter().map(|p| p[1]).sum::<f64>() / n;
+                LatLng::new(lat, lng).ok()
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether its tracking link still works at `now`.
+    #[must_use]
+    pub fn link_valid(&self, now: UnixMillis) -> bool {
+        !self.link_revoked
+            && self
+                .ended_at
+                .is_none_or(|t| now.0 < t.0.saturating_add(LINK_GRACE_MS))
+    }
+}
+
+/// What the ETA engine knows of a driver.
+#[derive(Clone, Copy, Debug)]
+struct DriverLive {
+    pos: LatLng,
+    /// Server time of the last fix.
+    seen: UnixMillis,
+    speed: SpeedModel,
 }
 
 /// Which end of a delivery a fence is.
@@ -346,6 +402,11 @@ pub struct TenantState {
     /// The proximity detector's state per driver (rebuilt from fixes; the
     /// log's arrived/departed events keep it from repeating itself).
     drivers: HashMap<SubjectId, geofence::Subject>,
+    /// Last position and speed per driver, for ETAs.
+    driver_live: HashMap<SubjectId, DriverLive>,
+    /// Tracking links: SHA-256 of the token (hex) to delivery.
+    links: HashMap<String, DeliveryId>,
+    eta_cfg: EtaConfig,
 }
 
 /// A tenant: its id and its state behind one lock.
@@ -356,6 +417,9 @@ pub struct Tenant {
     pub key: Arc<DataKey>,
     state: Mutex<TenantState>,
 }
+
+/// An opened tracking link: the current snapshot, later ones, and the delivery.
+pub type OpenedLink = (Utf8Bytes, watch::Receiver<Utf8Bytes>, DeliveryId);
 
 /// What a command produced: the plaintext events, and their pending appends.
 #[derive(Debug)]
@@ -412,6 +476,9 @@ impl Tenant {
                 fence_owner: HashMap::new(),
                 next_fence: 0,
                 drivers: HashMap::new(),
+                driver_live: HashMap::new(),
+                links: HashMap::new(),
+                eta_cfg: EtaConfig::default(),
             }),
         }
     }
@@ -678,7 +745,90 @@ impl Tenant {
         who: &Principal,
         fixes: &[Fix],
     ) -> Result<Committed<()>, DomainError> {
-        self.commit(store, |st| Ok((st.proximity_drafts(who, fixes), ())))
+        self.commit(store, |st| {
+            Ok((st.proximity_drafts(who, fixes, UnixMillis::now()), ()))
+        })
+    }
+
+    /// Opens a tracking link: if the token's link is valid, records
+    /// `link.opened` (accounting of who saw what) and returns the current
+    /// snapshot and a subscription to later ones. `None`: no such valid link.
+    pub fn open_link(
+        &self,
+        store: &Store,
+        token_sha256: &str,
+        now: UnixMillis,
+    ) -> Result<Option<Committed<OpenedLink>>, DomainError> {
+        let mut opened = None;
+        let committed = self.commit(store, |st| {
+            let Some(d) = st.link(token_sha256, now) else {
+                return Ok((Vec::new(), ()));
+            };
+            let rx = d.patient.subscribe();
+            let text = rx.borrow().clone();
+            opened = Some((text, rx, d.id.clone()));
+            let actor = Actor {
+                role: Role::TrackingLink,
+                sub: "link".into(),
+                device: None,
+            };
+            Ok((
+                vec![draft(
+                    EventKind::LinkOpened,
+                    Some(&d.id),
+                    now,
+                    actor,
+                    serde_json::Value::Null,
+                )],
+                (),
+            ))
+        })?;
+        Ok(opened.map(|value| Committed {
+            events: committed.events,
+            pending: committed.pending,
+            value,
+        }))
+    }
+
+    /// Whether a tracking link is still valid (for open sockets).
+    #[must_use]
+    pub fn link_is_valid(&self, token_sha256: &str, now: UnixMillis) -> bool {
+        self.lock().link(token_sha256, now).is_some()
+    }
+
+    /// Revokes a delivery's tracking link: it answers 404 from now on.
+    pub fn revoke_link(
+        &self,
+        store: &Store,
+        who: &Principal,
+        id: &DeliveryId,
+        now: UnixMillis,
+    ) -> Result<Committed<()>, DomainError> {
+        require(who, &[Role::Admin, Role::Dispatcher])?;
+        self.commit(store, |st| {
+            let d = st
+                .deliveries
+                .get(id)
+                .ok_or_else(|| DomainError::NotFound(id.to_string()))?;
+            if d.link_revoked {
+                return Ok((Vec::new(), ()));
+            }
+            Ok((
+                vec![draft(
+                    EventKind::LinkRevoked,
+                    Some(id),
+                    now,
+                    actor_of(who),
+                    serde_json::Value::Null,
+                )],
+                (),
+            ))
+        })
+    }
+
+    /// Marks quiet drivers' patients as "updating".
+    pub fn refresh_quiet(&self, now: UnixMillis) {
+        self.lock().refresh_quiet(now);
     }
 
     /// Records an export in the log (HIPAA accounting of disclosures).
@@ -736,14 +886,21 @@ impl TenantState {
                 let previous = d.driver.take();
                 d.driver.clone_from(&a.driver_id);
                 d.updated_at = at;
-                if let Some(r) = previous.and_then(|p| self.routes.get_mut(&p)) {
+                if let Some(r) = previous.as_ref().and_then(|p| self.routes.get_mut(p)) {
                     r.retain(|s| s != &id);
                 }
-                if let (Some(driver), Some(stop)) = (a.driver_id, a.stop) {
-                    let r = self.routes.entry(driver).or_default();
-                    r.retain(|s| s != &id);
-                    r.insert(stop.min(r.len()), id);
+                if let Some(p) = &previous {
+                    self.refresh_route(p, at);
                 }
+                if let (Some(driver), Some(stop)) = (&a.driver_id, a.stop) {
+                    let r = self.routes.entry(driver.clone()).or_default();
+                    r.retain(|s| s != &id);
+                    r.insert(stop.min(r.len()), id.clone());
+                }
+                if let Some(driver) = &a.driver_id {
+                    self.refresh_route(driver, at);
+                }
+                self.refresh_patient(&id, at);
             }
             (
                 kind @ (EventKind::DeliveryPickedUp
@@ -764,10 +921,12 @@ impl TenantState {
                 if let Ok(to) = change.apply_to(d.status) {
                     if to.is_final() {
                         self.active = self.active.saturating_sub(1);
+                        d.ended_at = Some(at);
                     }
                     d.status = to;
                     d.updated_at = at;
                 }
+                let route_of = d.driver.clone();
                 let driver = d.driver.clone().filter(|_| d.status.is_final());
                 let ended = d.status.is_final().then(|| d.fences.take()).flatten();
                 if let Some(r) = driver.and_then(|drv| self.routes.get_mut(&drv)) {
@@ -779,14 +938,29 @@ impl TenantState {
                         self.fence_owner.remove(&f);
                     }
                 }
+                self.refresh_patient(&id, at);
+                if let Some(drv) = route_of {
+                    self.refresh_route(&drv, at);
+                }
             }
             (
                 kind @ (EventKind::PickupArrived
                 | EventKind::PickupDeparted
+                | EventKind::DropoffApproaching
                 | EventKind::DropoffArrived
                 | EventKind::DropoffDeparted),
                 Some(id),
-            ) => self.apply_proximity(kind, &id, at),
+            ) => {
+                self.apply_proximity(kind, &id, at);
+                self.refresh_patient(&id, at);
+            }
+            (EventKind::LinkRevoked, Some(id)) => {
+                if let Some(d) = self.deliveries.get_mut(&id) {
+                    d.link_revoked = true;
+                    // Dropping the sender ends every open tracking socket.
+                    d.patient = watch::channel(Utf8Bytes::from_static("")).0;
+                }
+            }
             (EventKind::DeviceRevoked, _) => {
                 if let Ok(dd) = serde_json::from_value::<DeviceData>(e.data.clone()) {
                     self.revoked.insert(dd.device_id);
@@ -819,7 +993,7 @@ impl TenantState {
     /// the log events they cause: arrived and departed at the pickup and
     /// drop-off of deliveries on this driver's route, each at most once per
     /// visit as the log already records it.
-    fn proximity_drafts(&mut self, who: &Principal, fixes: &[Fix]) -> Vec<Draft> {
+    fn proximity_drafts(&mut self, who: &Principal, fixes: &[Fix], now: UnixMillis) -> Vec<Draft> {
         let mut found = Vec::new();
         // No allocation per ping once the driver is known.
         if !self.drivers.contains_key(&who.sub) {
@@ -846,10 +1020,10 @@ impl TenantState {
                 &mut found,
             );
         }
+        let mut drafts = self.approaching_drafts(who, fixes, now);
         let route = self.routes.get(&who.sub);
         // Flags as the events of this batch would leave them.
         let mut flags: HashMap<DeliveryId, (bool, bool)> = HashMap::new();
-        let mut drafts = Vec::new();
         for (fence, event) in found {
             let Some((id, stop)) = self.fence_owner.get(&fence) else {
                 continue;
@@ -885,7 +1059,7 @@ impl TenantState {
             drafts.push(Draft {
                 kind,
                 delivery_id: Some(id.as_str().to_owned()),
-                at: UnixMillis::now().0,
+                at: now.0,
                 device_ts: Some(fix.ts_ms),
                 actor: actor_of(who),
                 where_: Some(Where {
@@ -909,6 +1083,16 @@ impl TenantState {
         };
         self.active += 1;
         let fences = self.add_fences(&id, &c.pickup, &c.dropoff);
+        self.links
+            .insert(c.tracking_token_sha256.clone(), id.clone());
+        let snapshot = PatientSnapshot {
+            status: Status::Scheduled,
+            stops_before: None,
+            eta: None,
+            updating: false,
+            updated_at: at.0,
+        };
+        let (patient, _) = watch::channel(Utf8Bytes::from(snapshot.encode()));
         self.deliveries.insert(
             id.clone(),
             Delivery {
@@ -926,8 +1110,101 @@ impl TenantState {
                 fences,
                 at_pickup: false,
                 at_dropoff: false,
+                approached: false,
+                ended_at: None,
+                link_revoked: false,
+                eta: None,
+                snapshot,
+                patient,
             },
         );
+    }
+
+    /// Recomputes the ETAs of a driver's route and its patients' snapshots.
+    fn refresh_route(&mut self, driver: &SubjectId, now: UnixMillis) {
+        let Some(route) = self.routes.get(driver) else {
+            return;
+        };
+        let ids = route.clone();
+        let live = self.driver_live.get(driver).copied();
+        let targets: Vec<LatLng> = ids
+            .iter()
+            .map_while(|id| self.deliveries.get(id).and_then(Delivery::target))
+            .collect();
+        let etas = match live {
+            Some(l) if targets.len() == ids.len() => eta::arrivals(
+                l.pos,
+                now,
+                &targets,
+                l.speed.speed(&self.eta_cfg),
+                &self.eta_cfg,
+            ),
+            _ => Vec::new(),
+        };
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(d) = self.deliveries.get_mut(id) {
+                d.eta = etas.get(i).copied();
+            }
+            self.refresh_patient(id, now);
+        }
+    }
+
+    /// Recomputes what a delivery's patient sees; publishes it if it changed.
+    fn refresh_patient(&mut self, id: &DeliveryId, now: UnixMillis) {
+        let Some(d) = self.deliveries.get(id) else {
+            return;
+        };
+        let stops_before = d
+            .driver
+            .as_ref()
+            .filter(|_| !d.status.is_final())
+            .and_then(|drv| self.routes.get(drv))
+            .and_then(|r| r.iter().position(|s| s == id));
+        let moving = matches!(d.status, Status::EnRoute | Status::Approaching);
+        let quiet = d
+            .driver
+            .as_ref()
+            .and_then(|drv| self.driver_live.get(drv))
+            .is_none_or(|l| now.0 - l.seen.0 > self.eta_cfg.quiet_ms);
+        let eta = d
+            .eta
+            .filter(|_| moving && !quiet)
+            .map(|e| eta::coarse_window(e, now, &self.eta_cfg));
+        let next = PatientSnapshot {
+            status: d.status,
+            stops_before,
+            eta,
+            updating: moving && eta.is_none(),
+            updated_at: now.0,
+        };
+        if next.same_view(&d.snapshot) {
+            return;
+        }
+        let text = Utf8Bytes::from(next.encode());
+        if let Some(d) = self.deliveries.get_mut(id) {
+            d.snapshot = next;
+            d.patient.send_replace(text);
+        }
+    }
+
+    /// Marks drivers without a recent fix as quiet for their patients.
+    pub fn refresh_quiet(&mut self, now: UnixMillis) {
+        let quiet: Vec<SubjectId> = self
+            .driver_live
+            .iter()
+            .filter(|(_, l)| now.0 - l.seen.0 > self.eta_cfg.quiet_ms)
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in quiet {
+            self.refresh_route(&d, now);
+        }
+    }
+
+    /// The delivery a tracking token opens, if the link is valid now.
+    #[must_use]
+    pub fn link(&self, token_sha256: &str, now: UnixMillis) -> Option<&Delivery> {
+        let id = self.links.get(token_sha256)?;
+        self.deliveries.get(id).filter(|d| d.link_valid(now))
     }
 
     fn apply_proximity(&mut self, kind: EventKind, id: &DeliveryId, at: UnixMillis) {
@@ -937,6 +1214,12 @@ impl TenantState {
         match kind {
             EventKind::PickupArrived => d.at_pickup = true,
             EventKind::PickupDeparted => d.at_pickup = false,
+            EventKind::DropoffApproaching => {
+                d.approached = true;
+                if d.status == Status::EnRoute {
+                    d.status = Status::Approaching;
+                }
+            }
             EventKind::DropoffArrived => {
                 d.at_dropoff = true;
                 if matches!(d.status, Status::EnRoute | Status::Approaching) {
@@ -946,6 +1229,58 @@ impl TenantState {
             _ => d.at_dropoff = false,
         }
         d.updated_at = at;
+    }
+
+    /// Updates the driver's position and speed, the ETAs of its route, and
+    /// returns `dropoff.approaching` for stops whose ETA fell under the threshold.
+    fn approaching_drafts(
+        &mut self,
+        who: &Principal,
+        fixes: &[Fix],
+        now: UnixMillis,
+    ) -> Vec<Draft> {
+        let Some(last) = fixes.iter().max_by_key(|f| f.ts) else {
+            return Vec::new();
+        };
+        let cfg = self.eta_cfg;
+        let live = self
+            .driver_live
+            .entry(who.sub.clone())
+            .or_insert(DriverLive {
+                pos: last.pos,
+                seen: now,
+                speed: SpeedModel::default(),
+            });
+        for f in fixes {
+            if let Some(s) = f.speed {
+                live.speed.observe(s, &cfg);
+            }
+        }
+        live.pos = last.pos;
+        live.seen = now;
+        self.refresh_route(&who.sub, now);
+        let Some(route) = self.routes.get(&who.sub) else {
+            return Vec::new();
+        };
+        route
+            .iter()
+            .filter_map(|id| self.deliveries.get(id))
+            .filter(|d| d.status == Status::EnRoute && !d.approached)
+            .filter(|d| d.eta.is_some_and(|e| e.0 - now.0 <= cfg.approaching_ms))
+            .map(|d| Draft {
+                kind: EventKind::DropoffApproaching,
+                delivery_id: Some(d.id.as_str().to_owned()),
+                at: now.0,
+                device_ts: Some(last.ts.0),
+                actor: actor_of(who),
+                where_: Some(Where {
+                    lat: last.pos.lat,
+                    lng: last.pos.lng,
+                    acc: last.acc,
+                }),
+                data: serde_json::json!({ "eta": d.eta.map(|e| e.0) }),
+            })
+            .collect()
     }
 
     fn record_location(&mut self, e: &Event, loc: Location) {

@@ -7,11 +7,15 @@
 //! - [`auth`]: JWT verification (HS256, Ed25519), roles, lifetime caps.
 //! - [`protocol`]: the driver stream's wire types and pure ping validation.
 //! - [`log`]: the durable delivery log (hash chain, sealing, group commit).
-//! - [`deliveries`]: deliveries, routes and devices, rebuilt from the log.
+//! - [`deliveries`]: deliveries, routes, devices, proximity and tracking links,
+//!   rebuilt from the log.
+//! - [`eta`]: the ETA engine and the coarse windows patients see (pure).
+//! - [`patient`]: the patient snapshot, a type with no room for PHI.
 //! - [`ingest`]: the driver WebSocket: dedupe, rate limits, acks.
 //! - [`ws`]: the WebSocket handshake and close helpers.
 //! - [`api`]: the HTTP API.
 //! - [`app`]: the shared state of a node and how it is opened from disk.
+//! - [`track`]: patient tracking links and their WebSocket.
 //! - [`server`]: the accept loop and draining.
 //! - [`metrics`]: every metric name, in one place.
 //!
@@ -22,12 +26,15 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod deliveries;
+pub mod eta;
 pub mod fsutil;
 pub mod ingest;
 pub mod log;
 pub mod metrics;
+pub mod patient;
 pub mod protocol;
 pub mod server;
+pub mod track;
 pub mod types;
 pub mod ws;
 

@@ -23,6 +23,7 @@ pub const LOG_GROUP_SIZE: &str = "rxtrack_log_group_commit_events";
 pub const HTTP_REQUESTS: &str = "rxtrack_http_requests_total";
 pub const HTTP_SECONDS: &str = "rxtrack_http_request_seconds";
 pub const DELIVERIES_ACTIVE: &str = "rxtrack_deliveries_active";
+pub const SLOW_CLOSES: &str = "rxtrack_slow_closes_total";
 
 /// The registry and its handles.
 #[derive(Debug, Clone)]
@@ -48,6 +49,8 @@ pub struct Metrics {
     pub http_seconds: HistogramVec,
     /// Deliveries not yet in a final state, over all tenants.
     pub deliveries_active: IntGauge,
+    /// Subscribers closed for not keeping up.
+    pub slow_closes: IntCounter,
 }
 
 impl Metrics {
@@ -124,6 +127,10 @@ impl Metrics {
             deliveries_active: reg!(IntGauge::new(
                 DELIVERIES_ACTIVE,
                 "Deliveries not yet delivered, failed or cancelled."
+            )),
+            slow_closes: reg!(IntCounter::new(
+                SLOW_CLOSES,
+                "Subscribers closed because they did not keep up."
             )),
             registry,
         }

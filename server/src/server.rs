@@ -10,6 +10,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+
+/// The client's address, as a request extension (for per-address limits;
+/// never logged).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// How often quiet drivers are looked for (their patients see "updating").
+const QUIET_SCAN: Duration = Duration::from_secs(5);
 use crate::config::Config;
 
 /// How long draining may take before remaining connections are dropped.
@@ -32,6 +40,21 @@ pub async fn run(
 /// Like [`run`], for a node already opened with [`App::open`] (so that the
 /// caller can announce readiness only once recovery is done).
 pub async fn run_app(listener: TcpListener, app: Arc<App>) -> anyhow::Result<()> {
+    let scanner = app.clone();
+    app.tracker.spawn(async move {
+        let mut tick = tokio::time::interval(QUIET_SCAN);
+        loop {
+            tokio::select! {
+                () = scanner.shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    let now = crate::types::UnixMillis::now();
+                    for t in scanner.tenants.values() {
+                        t.refresh_quiet(now);
+                    }
+                }
+            }
+        }
+    });
     serve(listener, app.clone()).await;
     tracing::info!("draining");
     app.tracker.close();
@@ -57,7 +80,7 @@ async fn serve(listener: TcpListener, app: Arc<App>) {
                 Err(_) => return,
             },
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = app.shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -70,7 +93,13 @@ async fn serve(listener: TcpListener, app: Arc<App>) {
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                req
+            },
+        ));
         let shutdown = app.shutdown.clone();
         let gauge = app.metrics.connections.with_label_values(&["http"]);
         // The authentication deadline: tokens arrive in the request headers.

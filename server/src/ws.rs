@@ -45,6 +45,11 @@ pub mod close {
     pub const PROTOCOL: u16 = 4400;
     /// Addition: a newer connection of the same device replaced this one.
     pub const REPLACED: u16 = 4409;
+    /// Addition: the tracking link was revoked or has expired.
+    pub const LINK_GONE: u16 = 4404;
+    /// Addition: the client does not keep up (writes time out or heartbeats
+    /// go unanswered); reconnect and resynchronise from the snapshot.
+    pub const SLOW: u16 = 4410;
 }
 
 /// The tungstenite configuration for every server socket.

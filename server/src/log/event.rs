@@ -39,6 +39,9 @@ pub enum EventKind {
     DropoffDeparted,
     #[serde(rename = "link.opened")]
     LinkOpened,
+    /// Addition: a tracking link was revoked by staff.
+    #[serde(rename = "link.revoked")]
+    LinkRevoked,
     #[serde(rename = "device.revoked")]
     DeviceRevoked,
     #[serde(rename = "log.exported")]

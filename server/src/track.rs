@@ -1,0 +1,232 @@
+//! Patient tracking links: `GET /v1/track/{token}` and its WebSocket.
+//!
+//! A link token is 192 random bits; only its SHA-256 is stored. Unknown,
+//! expired and revoked tokens all get the same 404. Lookups are rate-limited
+//! per client address, and every opening is a `link.opened` event in the log
+//! before any data leaves. Patients receive only [`crate::patient::PatientSnapshot`].
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::api::ApiError;
+use crate::app::App;
+use crate::ingest::Bucket;
+use crate::server::PeerAddr;
+use crate::types::{DeliveryId, TenantId, UnixMillis};
+use crate::ws::{self, Socket, close};
+
+/// Longest token accepted in a path (ours are 32 characters).
+const MAX_TOKEN_CHARS: usize = 128;
+/// Client addresses remembered by the rate limiter before it forgets idle ones.
+const MAX_TRACKED_ADDRESSES: usize = 50_000;
+/// How long one write to a patient may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an open link is checked for expiry.
+const EXPIRY_CHECK: Duration = Duration::from_secs(30);
+/// Largest message a patient may send (they have nothing to say).
+const PATIENT_MAX_MESSAGE: usize = 4 * 1024;
+
+/// Per client address token buckets for link lookups.
+#[derive(Debug, Default)]
+pub struct LinkLimiter {
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+impl LinkLimiter {
+    fn allow(&self, ip: IpAddr, rate_per_s: f64, burst: f64) -> bool {
+        let now = Instant::now();
+        let mut map = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_TRACKED_ADDRESSES && !map.contains_key(&ip) {
+            // Forget addresses whose buckets have refilled: they are idle.
+            map.retain(|_, b| !b.clone().take(burst, now));
+            if map.len() >= MAX_TRACKED_ADDRESSES {
+                map.clear();
+            }
+        }
+        map.entry(ip)
+            .or_insert_with(|| Bucket::new(rate_per_s, burst, now))
+            .take(1.0, now)
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such tracking link")
+}
+
+/// SHA-256 (hex) of a well-formed token; `None` for anything that cannot be one.
+fn token_hash(token: &str) -> Option<String> {
+    let ok = !token.is_empty()
+        && token.len() <= MAX_TOKEN_CHARS
+        && token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    ok.then(|| {
+        crate::log::event::hex(
+            ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
+        )
+    })
+}
+
+type Opened = (
+    Utf8Bytes,
+    watch::Receiver<Utf8Bytes>,
+    TenantId,
+    DeliveryId,
+    String,
+);
+
+/// Finds the link, records its opening durably, and returns its snapshot.
+async fn open(app: &App, peer: &PeerAddr, token: &str) -> Result<Opened, ApiError> {
+    let limits = &app.config.limits;
+    if !app.link_limiter.allow(
+        peer.0.ip(),
+        limits.link_lookups_per_s,
+        limits.link_lookup_burst,
+    ) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many tracking-link lookups from this address",
+        ));
+    }
+    let hash = token_hash(token).ok_or_else(not_found)?;
+    let now = UnixMillis::now();
+    for tenant in app.tenants.values() {
+        if let Some(committed) = tenant.open_link(&app.store, &hash, now)? {
+            let (_, (text, rx, id)) = app.durable(tenant, committed).await?;
+            return Ok((text, rx, tenant.id.clone(), id, hash));
+        }
+    }
+    Err(not_found())
+}
+
+/// `GET /v1/track/{token}`: the current snapshot.
+pub async fn snapshot(
+    State(app): State<Arc<App>>,
+    axum::Extension(peer): axum::Extension<PeerAddr>,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    let (text, ..) = open(&app, &peer, &token).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        text.as_str().to_owned(),
+    )
+        .into_response())
+}
+
+/// `GET /v1/track/{token}/ws`: the snapshot, then a new one each time it changes.
+pub async fn socket(
+    State(app): State<Arc<App>>,
+    axum::Extension(peer): axum::Extension<PeerAddr>,
+    Path(token): Path<String>,
+    mut req: Request,
+) -> Result<Response, ApiError> {
+    let hs = ws::handshake(&mut req)?;
+    let (text, rx, tenant, _id, hash) = open(&app, &peer, &token).await?;
+    let permit = app.conn_limit.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many connections; retry later",
+        )
+    })?;
+    let cfg = ws::config(PATIENT_MAX_MESSAGE);
+    let app2 = app.clone();
+    app.tracker.spawn(async move {
+        if let Some(mut sock) = ws::accept(hs.on_upgrade, cfg).await {
+            let gauge = app2.metrics.connections.with_label_values(&["patient"]);
+            gauge.inc();
+            let code = serve(&app2, &mut sock, text, rx, &tenant, &hash).await;
+            if let Some((code, reason)) = code {
+                ws::close_with(&mut sock, &app2.metrics, code, reason).await;
+            }
+            gauge.dec();
+        }
+        drop(permit);
+    });
+    Ok(hs.response)
+}
+
+async fn send(sock: &mut Socket, text: Utf8Bytes) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, sock.send(Message::Text(text))).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn serve(
+    app: &App,
+    sock: &mut Socket,
+    first: Utf8Bytes,
+    mut rx: watch::Receiver<Utf8Bytes>,
+    tenant: &TenantId,
+    hash: &str,
+) -> Option<(u16, &'static str)> {
+    rx.mark_unchanged();
+    if !send(sock, first).await {
+        return Some((close::SLOW, "write timed out"));
+    }
+    let heartbeat = Duration::from_millis(app.config.limits.heartbeat_ms);
+    let mut ping = tokio::time::interval(heartbeat);
+    ping.tick().await;
+    let mut expiry = tokio::time::interval(EXPIRY_CHECK);
+    expiry.tick().await;
+    let mut last_pong = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            () = app.shutdown.cancelled() => return Some((close::GOING_AWAY, "server draining")),
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return Some((close::LINK_GONE, "tracking link revoked"));
+                }
+                let text = rx.borrow_and_update().clone();
+                if !send(sock, text).await {
+                    app.metrics.slow_closes.inc();
+                    return Some((close::SLOW, "too slow to read updates"));
+                }
+            }
+            _ = ping.tick() => {
+                // A client that stops reading never answers: close it.
+                if last_pong.elapsed() > heartbeat * 3 {
+                    app.metrics.slow_closes.inc();
+                    return Some((close::SLOW, "no answer to heartbeats"));
+                }
+                if !send_ping(sock).await {
+                    return None;
+                }
+            }
+            _ = expiry.tick() => {
+                if !app.tenant(tenant).is_some_and(|t| t.link_is_valid(hash, UnixMillis::now())) {
+                    return Some((close::LINK_GONE, "tracking link expired"));
+                }
+            }
+            msg = sock.next() => match msg {
+                Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
+                // Patients have nothing to say; anything else is read and dropped.
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+async fn send_ping(sock: &mut Socket) -> bool {
+    matches!(
+        tokio::time::timeout(
+            WRITE_TIMEOUT,
+            sock.send(Message::Ping(bytes::Bytes::from_static(b"hb")))
+        )
+        .await,
+        Ok(Ok(()))
+    )
+}
