@@ -137,6 +137,8 @@ async fn no_phi_reaches_the_servers_output() {
     )
     .await;
     call(http().get(s.url("/v1/log/export")).bearer_auth(&admin)).await;
+    call(http().get(s.url(&format!("/v1/track/{tracking}")))).await;
+    call(http().get(s.url("/v1/track/not-a-real-token"))).await;
     call(http().get(s.url(&format!("/v1/driver/ws?token={drv}")))).await;
     let mut bad = json!({"id":"rx-2","recipient":{"first_name":"Zbigniewa"}});
     bad["diagnosis"] = json!("Zbigniewa");
