@@ -17,6 +17,7 @@
 //! - [`app`]: the shared state of a node and how it is opened from disk.
 //! - [`track`]: patient tracking links and their WebSocket.
 //! - [`server`]: the accept loop and draining.
+//! - [`web`]: the embedded pages and their assets.
 //! - [`metrics`]: every metric name, in one place.
 //!
 //! [`server::run`] takes a bound listener, so tests can bind port 0.
@@ -36,6 +37,7 @@ pub mod protocol;
 pub mod server;
 pub mod track;
 pub mod types;
+pub mod web;
 pub mod ws;
 
 pub use server::run;

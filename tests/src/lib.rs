@@ -6,6 +6,8 @@
     clippy::missing_panics_doc,
     reason = "test helpers fail the test by panicking, with a message"
 )]
+pub mod browser;
+
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

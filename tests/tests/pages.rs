@@ -1,0 +1,131 @@
+//! The patient page in a real headless Chromium against a live server:
+//! it shows the status and ETA, updates when the status changes, and says
+//! when its link is no longer valid. Screenshots land in `tests/artifacts/`.
+#![allow(
+    clippy::unwrap_used,
+    reason = "helpers of a test fail the test by panicking"
+)]
+#![allow(
+    clippy::too_many_lines,
+    reason = "a story test reads top to bottom, step by step"
+)]
+
+use rxtrack_tests::browser::Browser;
+use rxtrack_tests::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn the_patient_page_shows_and_follows_the_status() {
+    let s = Server::start();
+    let disp = staff("acme", "dispatcher", "alice");
+    let (_, created) = call(
+        http()
+            .post(s.url("/v1/deliveries"))
+            .bearer_auth(&disp)
+            .json(&delivery_body("rx-1")),
+    )
+    .await;
+    let token = created["tracking_url"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = s.url(&format!("/t/{token}"));
+
+    // The page's own headers: strict CSP, no referrer, no caching, no indexing.
+    let res = http().get(&page).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let h = res.headers();
+    assert!(
+        h["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("default-src 'none'")
+    );
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert_eq!(h["cache-control"], "no-store");
+    assert!(h["x-robots-tag"].to_str().unwrap().contains("noindex"));
+    let html = res.text().await.unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no third-party resources"
+    );
+
+    let mut b = Browser::launch().await;
+    b.open(&page).await;
+    let status = "document.getElementById('status').textContent";
+    b.wait_for(status, &json!("Scheduled"), 15).await;
+    assert_eq!(
+        b.eval("document.getElementById('status').getAttribute('role')")
+            .await,
+        json!("status")
+    );
+    assert_eq!(
+        b.eval("document.getElementById('status').getAttribute('aria-live')")
+            .await,
+        json!("polite")
+    );
+    b.screenshot("patient-page-scheduled.png").await;
+
+    call(
+        http()
+            .put(s.url("/v1/drivers/d1/route"))
+            .bearer_auth(&disp)
+            .json(&json!({"stops":["rx-1"]})),
+    )
+    .await;
+    call(
+        http()
+            .post(s.url("/v1/deliveries/rx-1/status"))
+            .bearer_auth(&disp)
+            .json(&json!({"status":"picked_up"})),
+    )
+    .await;
+    b.wait_for(status, &json!("On the way"), 15).await;
+    b.wait_for(
+        "document.getElementById('stops').textContent",
+        &json!("None: you are next"),
+        5,
+    )
+    .await;
+    b.wait_for(
+        "document.getElementById('eta').textContent",
+        &json!("Updating…"),
+        5,
+    )
+    .await;
+
+    // A driver fix gives an ETA window, shown in the viewer's local time.
+    let mut d = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
+    send_json(
+        &mut d,
+        &json!({"type":"ping","seq":1,"ts":now_ms(),"lat":60.160,"lng":24.9414,"speed":10.0}),
+    )
+    .await;
+    until_ack(&mut d).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let eta = b.eval("document.getElementById('eta').textContent").await;
+        if eta.as_str().is_some_and(|t| t.contains('–')) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no ETA window shown: {eta}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    b.screenshot("patient-page-en-route.png").await;
+
+    call(
+        http()
+            .post(s.url("/v1/deliveries/rx-1/link/revoke"))
+            .bearer_auth(&disp),
+    )
+    .await;
+    b.wait_for(status, &json!("This tracking link is no longer valid"), 15)
+        .await;
+    b.screenshot("patient-page-revoked.png").await;
+}
