@@ -182,6 +182,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/track/{token}", get(crate::track::snapshot))
         .route("/v1/track/{token}/ws", get(crate::track::socket))
         .route("/t/{token}", get(crate::web::track_page))
+        .route("/v1/dispatch/ws", get(crate::dispatch::socket))
         .route("/assets/track.js", get(crate::web::track_js))
         .route("/assets/track.css", get(crate::web::track_css))
         .route_layer(middleware::from_fn_with_state(app.clone(), observe))

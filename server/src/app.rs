@@ -33,6 +33,8 @@ pub struct App {
     pub conn_limit: Arc<Semaphore>,
     /// Tracking-link lookups per client address.
     pub link_limiter: crate::track::LinkLimiter,
+    /// Each tenant's dispatcher fan-out.
+    pub hubs: HashMap<TenantId, crate::dispatch::Hub>,
 }
 
 /// Why waiting for durability failed.
@@ -112,6 +114,7 @@ impl App {
             .set(i64::try_from(active).unwrap_or(i64::MAX));
 
         let store = Store::open(&log_dir, metrics.clone())?;
+        let tenant_ids: Vec<TenantId> = tenants.keys().cloned().collect();
         let config_limit = config.limits.max_connections;
         Ok(Arc::new(Self {
             verifier: config.verifier(),
@@ -124,6 +127,10 @@ impl App {
             tracker: TaskTracker::new(),
             conn_limit: Arc::new(Semaphore::new(config_limit)),
             link_limiter: crate::track::LinkLimiter::default(),
+            hubs: tenant_ids
+                .into_iter()
+                .map(|t| (t, crate::dispatch::Hub::default()))
+                .collect(),
         }))
     }
 
@@ -150,6 +157,7 @@ impl App {
         }
         tenant.record_locations(&committed.events, &locations);
         self.refresh_active();
+        crate::dispatch::publish_events(self, tenant, &committed.events);
         Ok((committed.events, committed.value))
     }
 

@@ -1326,6 +1326,11 @@ impl TenantState {
         }
     }
 
+    /// Deliveries not yet in a final state.
+    pub fn active_deliveries(&self) -> impl Iterator<Item = &Delivery> {
+        self.deliveries.values().filter(|d| !d.status.is_final())
+    }
+
     #[must_use]
     pub fn is_revoked(&self, device: &DeviceId) -> bool {
         self.revoked.contains(device)

@@ -443,6 +443,13 @@ impl Session<'_> {
             }
             (applied, live.cursor.last_seq)
         };
+        // Dispatchers see the newest position (encoded once, latest wins).
+        if let (Some(last), Some(hub)) = (
+            applied.accepted.iter().max_by_key(|f| f.ts),
+            self.app.hubs.get(&self.principal.tenant),
+        ) {
+            hub.position(&self.principal.sub, last);
+        }
         // The events these fixes cause are durable before the ack goes out.
         if !applied.accepted.is_empty()
             && let Some(tenant) = self.app.tenant(&self.principal.tenant)

@@ -1,0 +1,447 @@
+//! The dispatcher live stream: `GET /v1/dispatch/ws`.
+//!
+//! The in-process fan-out for one tenant ([`Hub`]) keeps two kinds of traffic
+//! apart, with the guarantee each needs:
+//!
+//! - **Positions: latest wins.** A driver's position is encoded once per fix
+//!   into shared bytes and stored under a version number. Every socket, once
+//!   per `POSITION_INTERVAL`, sends the positions that changed since it last
+//!   looked (inside its viewport, if it set one) in one frame. A slow socket
+//!   simply skips intermediate positions; nobody waits for it.
+//! - **Events and delivery changes: never dropped.** Each is encoded once and
+//!   offered to every socket's bounded queue. A socket whose queue is full has
+//!   fallen too far behind: it is dropped from the hub and closed with 4410,
+//!   and resynchronises from the snapshot when it reconnects.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
+use h3o::{CellIndex, Resolution};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::api::ApiError;
+use crate::app::App;
+use crate::auth::{AuthError, Principal, Role};
+use crate::log::Event;
+use crate::protocol::Fix;
+use crate::types::{SubjectId, UnixMillis};
+use crate::ws::{self, Socket, close};
+
+/// How often a socket sends the positions that changed.
+pub const POSITION_INTERVAL: Duration = Duration::from_millis(200);
+/// Events a socket may have queued before it counts as too slow. At a
+/// busy tenant's few events a second, this is minutes of backlog.
+pub const EVENT_QUEUE: usize = 512;
+/// Most cells in one viewport message.
+pub const MAX_VIEWPORT_CELLS: usize = 2000;
+/// Largest message a dispatcher may send (a full viewport is about 40 KiB).
+const DISPATCH_MAX_MESSAGE: usize = 64 * 1024;
+/// How long one write may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Resolution at which driver positions are indexed for viewports.
+const POSITION_RES: Resolution = Resolution::Fifteen;
+
+struct Position {
+    version: u64,
+    cell: Option<CellIndex>,
+    json: Bytes,
+}
+
+/// One tenant's fan-out.
+#[derive(Default)]
+pub struct Hub {
+    version: AtomicU64,
+    positions: Mutex<HashMap<SubjectId, Position>>,
+    subscribers: Mutex<Vec<mpsc::Sender<Utf8Bytes>>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// Records a driver's newest position (encoded once, shared by every socket).
+    pub fn position(&self, driver: &SubjectId, fix: &Fix) {
+        let json = serde_json::json!({
+            "driver_id": driver,
+            "lat": fix.pos.lat,
+            "lng": fix.pos.lng,
+            "ts": fix.ts.0,
+            "speed": fix.speed,
+            "heading": fix.heading,
+        });
+        let cell = h3o::LatLng::new(fix.pos.lat, fix.pos.lng)
+            .ok()
+            .map(|ll| ll.to_cell(POSITION_RES));
+        let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut map = self
+            .positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.insert(
+            driver.clone(),
+            Position {
+                version,
+                cell,
+                json: Bytes::from(json.to_string()),
+            },
+        );
+    }
+
+    /// Offers a message to every socket; a socket whose queue is full is
+    /// dropped (it then closes with 4410). Returns how many were dropped.
+    pub fn publish(&self, msg: &Utf8Bytes) -> usize {
+        let mut subs = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let before = subs.len();
+        subs.retain(|tx| tx.try_send(msg.clone()).is_ok());
+        before - subs.len()
+    }
+
+    fn subscribe(&self) -> mpsc::Receiver<Utf8Bytes> {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(tx);
+        rx
+    }
+
+    /// Positions newer than `since` inside `viewport` (all when `None`), as
+    /// one frame, and the newest version seen.
+    fn positions_since(
+        &self,
+        since: u64,
+        viewport: Option<&Viewport>,
+        kind: &str,
+    ) -> (Option<String>, u64) {
+        let map = self
+            .positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut newest = since;
+        let mut parts: Vec<&[u8]> = Vec::new();
+        for p in map.values() {
+            newest = newest.max(p.version);
+            if p.version <= since {
+                continue;
+            }
+            if let Some(v) = viewport
+                && !p.cell.is_some_and(|c| v.contains(c))
+            {
+                continue;
+            }
+            parts.push(&p.json);
+        }
+        if parts.is_empty() {
+            return (None, newest);
+        }
+        let mut out = String::with_capacity(32 + parts.iter().map(|p| p.len() + 1).sum::<usize>());
+        out.push_str("{\"type\":\"");
+        out.push_str(kind);
+        out.push_str("\",\"drivers\":[");
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(std::str::from_utf8(p).unwrap_or("null"));
+        }
+        out.push_str("]}");
+        (Some(out), newest)
+    }
+}
+
+/// The H3 cells a dispatcher watches, by resolution.
+#[derive(Debug, Default)]
+struct Viewport {
+    cells: HashMap<u8, HashSet<CellIndex>>,
+}
+
+impl Viewport {
+    fn contains(&self, cell: CellIndex) -> bool {
+        self.cells.iter().any(|(res, set)| {
+            Resolution::try_from(*res)
+                .ok()
+                .and_then(|r| cell.parent(r))
+                .is_some_and(|p| set.contains(&p))
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum DispatcherMsg {
+    Viewport { cells: Vec<String> },
+}
+
+/// Publishes committed events (and the delivery changes they imply) to the
+/// tenant's dispatchers. Called once the events are durable.
+pub fn publish_events(app: &App, tenant: &crate::deliveries::Tenant, events: &[Event]) {
+    let Some(hub) = app.hubs.get(&tenant.id) else {
+        return;
+    };
+    for e in events {
+        let mut v = serde_json::to_value(e).unwrap_or(serde_json::Value::Null);
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("type".into(), "event".into());
+        }
+        let dropped = hub.publish(&Utf8Bytes::from(v.to_string()));
+        app.metrics.slow_closes.inc_by(dropped as u64);
+        let Some(id) = e
+            .delivery_id
+            .as_deref()
+            .and_then(|d| crate::types::DeliveryId::parse(d).ok())
+        else {
+            continue;
+        };
+        let change = {
+            let st = tenant.lock();
+            st.delivery(&id).map(|d| {
+                serde_json::json!({
+                    "type": "delivery",
+                    "id": d.id,
+                    "status": d.status,
+                    "driver_id": d.driver,
+                    "eta": d.eta.map(|t| t.0),
+                })
+            })
+        };
+        if let Some(c) = change {
+            let dropped = hub.publish(&Utf8Bytes::from(c.to_string()));
+            app.metrics.slow_closes.inc_by(dropped as u64);
+        }
+    }
+}
+
+/// `GET /v1/dispatch/ws` (admin, dispatcher, viewer).
+pub async fn socket(State(app): State<Arc<App>>, mut req: Request) -> Result<Response, ApiError> {
+    let hs = ws::handshake(&mut req)?;
+    let auth = hs.token.as_deref().map_or(Err(AuthError::Missing), |t| {
+        app.verifier.verify(t, UnixMillis::now())
+    });
+    let permit = app.conn_limit.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many connections; retry later",
+        )
+    })?;
+    let cfg = ws::config(DISPATCH_MAX_MESSAGE);
+    let app2 = app.clone();
+    app.tracker.spawn(async move {
+        if let Some(mut sock) = ws::accept(hs.on_upgrade, cfg).await {
+            let code = match auth {
+                Err(e) => {
+                    app2.metrics
+                        .auth_failures
+                        .with_label_values(&[e.reason()])
+                        .inc();
+                    Some((close::UNAUTHORIZED, "token invalid or expired"))
+                }
+                Ok(p) if !matches!(p.role, Role::Admin | Role::Dispatcher | Role::Viewer) => {
+                    Some((
+                        close::FORBIDDEN,
+                        "the live map needs an admin, dispatcher or viewer token",
+                    ))
+                }
+                Ok(p) => {
+                    let gauge = app2.metrics.connections.with_label_values(&["dispatcher"]);
+                    gauge.inc();
+                    let code = serve(&app2, &mut sock, &p).await;
+                    gauge.dec();
+                    code
+                }
+            };
+            if let Some((code, reason)) = code {
+                ws::close_with(&mut sock, &app2.metrics, code, reason).await;
+            }
+        }
+        drop(permit);
+    });
+    Ok(hs.response)
+}
+
+async fn send(sock: &mut Socket, text: Utf8Bytes) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, sock.send(Message::Text(text))).await,
+        Ok(Ok(()))
+    )
+}
+
+fn snapshot(app: &App, p: &Principal, hub: &Hub) -> (String, u64) {
+    let (drivers, version) = hub.positions_since(0, None, "snapshot");
+    let deliveries: Vec<serde_json::Value> = app.tenant(&p.tenant).map_or_else(Vec::new, |t| {
+        let st = t.lock();
+        st.active_deliveries()
+            .map(|d| {
+                let mut v = serde_json::to_value(st.view(d)).unwrap_or(serde_json::Value::Null);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("eta".into(), d.eta.map(|t| t.0).into());
+                }
+                v
+            })
+            .collect()
+    });
+    let drivers: serde_json::Value = drivers
+        .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+        .map_or(serde_json::json!([]), |v| v["drivers"].clone());
+    let snap =
+        serde_json::json!({"type": "snapshot", "drivers": drivers, "deliveries": deliveries});
+    (snap.to_string(), version)
+}
+
+fn expiry(exp_s: i64) -> tokio::time::Instant {
+    let left_ms = exp_s
+        .saturating_mul(1000)
+        .saturating_sub(UnixMillis::now().0)
+        .max(0);
+    tokio::time::Instant::now() + Duration::from_millis(u64::try_from(left_ms).unwrap_or(0))
+}
+
+async fn serve(app: &App, sock: &mut Socket, p: &Principal) -> Option<(u16, &'static str)> {
+    let hub = app.hubs.get(&p.tenant)?;
+    // Subscribe before the snapshot, so nothing falls between them.
+    let mut events = hub.subscribe();
+    let (snap, mut seen) = snapshot(app, p, hub);
+    if !send(sock, snap.into()).await {
+        return Some((close::SLOW, "write timed out"));
+    }
+    let mut viewport: Option<Viewport> = None;
+    let mut tick = tokio::time::interval(POSITION_INTERVAL);
+    let heartbeat = Duration::from_millis(app.config.limits.heartbeat_ms);
+    let mut ping = tokio::time::interval(heartbeat);
+    ping.tick().await;
+    let mut last_pong = std::time::Instant::now();
+    let expires = expiry(p.exp);
+    loop {
+        tokio::select! {
+            biased;
+            () = app.shutdown.cancelled() => return Some((close::GOING_AWAY, "server draining")),
+            () = tokio::time::sleep_until(expires) => return Some((close::UNAUTHORIZED, "token expired")),
+            msg = events.recv() => match msg {
+                Some(text) => if !send(sock, text).await {
+                    app.metrics.slow_closes.inc();
+                    return Some((close::SLOW, "too slow to read events"));
+                },
+                None => return Some((close::SLOW, "fell too far behind; reconnect for a snapshot")),
+            },
+            _ = tick.tick() => {
+                let (frame, newest) = hub.positions_since(seen, viewport.as_ref(), "drivers");
+                seen = newest;
+                if let Some(f) = frame
+                    && !send(sock, f.into()).await
+                {
+                    app.metrics.slow_closes.inc();
+                    return Some((close::SLOW, "too slow to read positions"));
+                }
+            }
+            _ = ping.tick() => {
+                if last_pong.elapsed() > heartbeat * 3 {
+                    app.metrics.slow_closes.inc();
+                    return Some((close::SLOW, "no answer to heartbeats"));
+                }
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, sock.send(Message::Ping(Bytes::from_static(b"hb")))).await;
+            }
+            msg = sock.next() => match msg {
+                Some(Ok(Message::Pong(_))) => last_pong = std::time::Instant::now(),
+                Some(Ok(Message::Text(t))) => match parse_viewport(t.as_str()) {
+                    Ok(v) => {
+                        viewport = v;
+                        // Resend everything inside the new viewport.
+                        seen = 0;
+                    }
+                    Err(reason) => return Some((close::PROTOCOL, reason)),
+                },
+                Some(Ok(Message::Binary(_))) => return Some((close::PROTOCOL, "binary frames are not part of the protocol")),
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+/// A viewport message: `None` means "everything" (an empty cell list).
+fn parse_viewport(text: &str) -> Result<Option<Viewport>, &'static str> {
+    let DispatcherMsg::Viewport { cells } =
+        serde_json::from_str(text).map_err(|_| "expected {\"type\":\"viewport\",\"cells\":[…]}")?;
+    if cells.len() > MAX_VIEWPORT_CELLS {
+        return Err("too many viewport cells");
+    }
+    if cells.is_empty() {
+        return Ok(None);
+    }
+    let mut v = Viewport::default();
+    for c in cells {
+        let cell: CellIndex = c
+            .parse()
+            .map_err(|_| "a viewport cell is not an H3 cell index")?;
+        v.cells
+            .entry(u8::from(cell.resolution()))
+            .or_default()
+            .insert(cell);
+    }
+    Ok(Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn viewports_parse_and_match_descendants() {
+        let v = parse_viewport(r#"{"type":"viewport","cells":["85283473fffffff"]}"#)
+            .unwrap()
+            .unwrap();
+        let inside = h3o::LatLng::new(37.361_559_3, -122.055_323_8)
+            .unwrap()
+            .to_cell(POSITION_RES);
+        let outside = h3o::LatLng::new(60.17, 24.94)
+            .unwrap()
+            .to_cell(POSITION_RES);
+        assert!(v.contains(inside));
+        assert!(!v.contains(outside));
+        assert!(
+            parse_viewport(r#"{"type":"viewport","cells":[]}"#)
+                .unwrap()
+                .is_none()
+        );
+        assert!(parse_viewport(r#"{"type":"viewport","cells":["nope"]}"#).is_err());
+        assert!(parse_viewport(r#"{"type":"zoom"}"#).is_err());
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_subscriber() {
+        let hub = Hub::default();
+        let mut rx = hub.subscribe();
+        let msg = Utf8Bytes::from_static("{}");
+        for _ in 0..EVENT_QUEUE {
+            assert_eq!(hub.publish(&msg), 0);
+        }
+        assert_eq!(hub.publish(&msg), 1);
+        // What was queued is still delivered, then the channel ends.
+        let mut n = 0;
+        while rx.try_recv().is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, EVENT_QUEUE);
+        assert!(matches!(
+            rx.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+    }
+}

@@ -1,0 +1,163 @@
+//! The dispatcher live stream: snapshot, positions, delivery changes and log
+//! events for the dispatcher's own tenant only, viewports, and roles.
+#![allow(
+    clippy::unwrap_used,
+    reason = "helpers of a test fail the test by panicking"
+)]
+#![allow(
+    clippy::too_many_lines,
+    reason = "a story test reads top to bottom, step by step"
+)]
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use rxtrack_tests::*;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Every JSON message that arrives within `ms`.
+async fn drain(ws: &mut Ws, ms: u64) -> Vec<Value> {
+    let mut out = vec![];
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        if let Message::Text(t) = m {
+            out.push(serde_json::from_str(t.as_str()).unwrap());
+        }
+    }
+    out
+}
+
+fn positions(msgs: &[Value]) -> Vec<Value> {
+    msgs.iter()
+        .filter(|m| m["type"] == "drivers")
+        .flat_map(|m| m["drivers"].as_array().unwrap().clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn dispatchers_see_their_tenant_live_and_nothing_else() {
+    let s = Server::start();
+    let disp = staff("acme", "dispatcher", "alice");
+    call(
+        http()
+            .post(s.url("/v1/deliveries"))
+            .bearer_auth(&disp)
+            .json(&delivery_body("rx-1")),
+    )
+    .await;
+
+    let mut a = ws_connect(&s, "/v1/dispatch/ws", &disp, Present::Subprotocol).await;
+    let mut b = ws_connect(
+        &s,
+        "/v1/dispatch/ws",
+        &staff("beta", "viewer", "bob"),
+        Present::Header,
+    )
+    .await;
+    let Got::Json(snap) = next(&mut a, 10).await else {
+        panic!("no snapshot")
+    };
+    assert_eq!(snap["type"], "snapshot");
+    assert_eq!(snap["deliveries"][0]["id"], "rx-1");
+    assert!(
+        snap["deliveries"][0]["dropoff"]["lat"].as_f64().is_some(),
+        "dispatchers see fences: {snap}"
+    );
+    let Got::Json(snap_b) = next(&mut b, 10).await else {
+        panic!("no snapshot")
+    };
+    assert_eq!(snap_b["deliveries"], json!([]));
+    assert_eq!(snap_b["drivers"], json!([]));
+
+    // A driver streams; the dispatcher sees its positions, newest last.
+    let mut d = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
+    for seq in 1..=20u64 {
+        send_json(&mut d, &ping(seq)).await;
+        until_ack(&mut d).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let got = positions(&drain(&mut a, 600).await);
+    assert!(
+        got.len() >= 3,
+        "positions arrive batched and conflated: {got:?}"
+    );
+    let last = got.last().unwrap();
+    assert_eq!(last["driver_id"], "d1");
+    let expected = ping(20)["lat"].as_f64().unwrap();
+    assert!(
+        (last["lat"].as_f64().unwrap() - expected).abs() < 1e-9,
+        "latest wins: {last}"
+    );
+
+    // Delivery changes and log events arrive, never dropped.
+    call(
+        http()
+            .put(s.url("/v1/drivers/d1/route"))
+            .bearer_auth(&disp)
+            .json(&json!({"stops":["rx-1"]})),
+    )
+    .await;
+    call(
+        http()
+            .post(s.url("/v1/deliveries/rx-1/status"))
+            .bearer_auth(&disp)
+            .json(&json!({"status":"picked_up"})),
+    )
+    .await;
+    let msgs = drain(&mut a, 800).await;
+    let kinds: Vec<&str> = msgs
+        .iter()
+        .filter(|m| m["type"] == "event")
+        .map(|m| m["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["delivery.assigned", "delivery.picked_up"],
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m["type"] == "delivery" && m["id"] == "rx-1" && m["status"] == "en_route")
+    );
+
+    // Tenant beta heard none of it.
+    assert_eq!(drain(&mut b, 300).await, Vec::<Value>::new());
+
+    // A viewport far away filters positions out; one around the driver lets them in.
+    send_json(
+        &mut a,
+        &json!({"type":"viewport","cells":["85283473fffffff"]}),
+    )
+    .await;
+    drain(&mut a, 300).await;
+    send_json(&mut d, &ping(21)).await;
+    until_ack(&mut d).await;
+    assert!(positions(&drain(&mut a, 500).await).is_empty());
+    let helsinki_res5 = "851126d3fffffff";
+    send_json(&mut a, &json!({"type":"viewport","cells":[helsinki_res5]})).await;
+    let got = positions(&drain(&mut a, 500).await);
+    assert_eq!(got.len(), 1, "{got:?}");
+
+    // Bad viewports and wrong roles get their close codes.
+    send_json(&mut a, &json!({"type":"viewport","cells":["not-a-cell"]})).await;
+    assert_eq!(close_code(&mut a, 5).await, Some(4400));
+    let mut wrong = ws_connect(
+        &s,
+        "/v1/dispatch/ws",
+        &driver("acme", "d1", "phone-1"),
+        Present::Subprotocol,
+    )
+    .await;
+    assert_eq!(close_code(&mut wrong, 5).await, Some(4003));
+    let mut staff_only = ws_connect(
+        &s,
+        "/v1/dispatch/ws",
+        &staff("acme", "pharmacy_staff", "p"),
+        Present::Header,
+    )
+    .await;
+    assert_eq!(close_code(&mut staff_only, 5).await, Some(4003));
+    let mut none = ws_connect(&s, "/v1/dispatch/ws", "", Present::None).await;
+    assert_eq!(close_code(&mut none, 5).await, Some(4001));
+}
