@@ -7,6 +7,9 @@ use axum::response::{IntoResponse, Response};
 const TRACK_HTML: &str = include_str!("../assets/track.html");
 const TRACK_JS: &str = include_str!("../assets/track.js");
 const TRACK_CSS: &str = include_str!("../assets/track.css");
+const DISPATCH_HTML: &str = include_str!("../assets/dispatch.html");
+const DISPATCH_JS: &str = include_str!("../assets/dispatch.js");
+const DISPATCH_CSS: &str = include_str!("../assets/dispatch.css");
 
 /// Only our own origin, no inline code, no framing, no forms.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
@@ -40,4 +43,18 @@ pub async fn track_js() -> Response {
 
 pub async fn track_css() -> Response {
     page(TRACK_CSS, "text/css; charset=utf-8")
+}
+
+/// `GET /dispatch`: the live map. It asks for a token and works offline
+/// (no tiles: drivers, fences and stops are drawn on a canvas).
+pub async fn dispatch_page() -> Response {
+    page(DISPATCH_HTML, "text/html; charset=utf-8")
+}
+
+pub async fn dispatch_js() -> Response {
+    page(DISPATCH_JS, "text/javascript; charset=utf-8")
+}
+
+pub async fn dispatch_css() -> Response {
+    page(DISPATCH_CSS, "text/css; charset=utf-8")
 }

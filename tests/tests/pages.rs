@@ -129,3 +129,90 @@ async fn the_patient_page_shows_and_follows_the_status() {
         .await;
     b.screenshot("patient-page-revoked.png").await;
 }
+
+#[tokio::test]
+async fn the_dispatcher_page_draws_the_drivers() {
+    let s = Server::start();
+    let disp = staff("acme", "dispatcher", "alice");
+    call(
+        http()
+            .post(s.url("/v1/deliveries"))
+            .bearer_auth(&disp)
+            .json(&delivery_body("rx-1")),
+    )
+    .await;
+    call(
+        http()
+            .put(s.url("/v1/drivers/d1/route"))
+            .bearer_auth(&disp)
+            .json(&json!({"stops":["rx-1"]})),
+    )
+    .await;
+    let res = http().get(s.url("/dispatch")).send().await.unwrap();
+    assert!(
+        res.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+
+    let mut b = Browser::launch().await;
+    b.open(&s.url("/dispatch")).await;
+    b.wait_for("document.readyState", &json!("complete"), 15)
+        .await;
+    b.eval(&format!(
+        "document.getElementById('token').value = '{disp}'; document.getElementById('login').requestSubmit(); true"
+    ))
+    .await;
+    b.wait_for(
+        "document.getElementById('state').textContent",
+        &json!("Live"),
+        15,
+    )
+    .await;
+    // The token left the form and the URL.
+    assert_eq!(
+        b.eval("document.getElementById('token').value").await,
+        json!("")
+    );
+    assert_eq!(b.eval("location.search").await, json!(""));
+
+    let mut d = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
+    for seq in 1..=3 {
+        send_json(&mut d, &ping(seq)).await;
+        until_ack(&mut d).await;
+    }
+    b.wait_for(
+        "document.getElementById('driver-count').textContent",
+        &json!("1"),
+        15,
+    )
+    .await;
+    b.wait_for(
+        "document.querySelector('#drivers li').dataset.driver",
+        &json!("d1"),
+        5,
+    )
+    .await;
+    // The driver's marker is on the canvas (its dark blue fill).
+    let marker = "(() => { const c = document.getElementById('map'); \
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0; \
+        for (let i = 0; i < d.length; i += 4) if (d[i] < 30 && d[i + 1] > 30 && d[i + 1] < 60 && d[i + 2] > 80 && d[i + 2] < 110 && d[i + 3] > 200) n++; \
+        return n > 20; })()";
+    b.wait_for(marker, &json!(true), 10).await;
+    // Events arrive in the feed.
+    call(
+        http()
+            .post(s.url("/v1/deliveries/rx-1/status"))
+            .bearer_auth(&disp)
+            .json(&json!({"status":"picked_up"})),
+    )
+    .await;
+    b.wait_for(
+        "[...document.querySelectorAll('#events li')].some(li => li.textContent.includes('delivery.picked_up'))",
+        &json!(true),
+        10,
+    )
+    .await;
+    b.screenshot("dispatcher-page.png").await;
+}
