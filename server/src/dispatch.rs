@@ -52,6 +52,7 @@ const POSITION_RES: Resolution = Resolution::Fifteen;
 
 struct Position {
     version: u64,
+    received: std::time::Instant,
     cell: Option<CellIndex>,
     json: Bytes,
 }
@@ -95,6 +96,7 @@ impl Hub {
             driver.clone(),
             Position {
                 version,
+                received: std::time::Instant::now(),
                 cell,
                 json: Bytes::from(json.to_string()),
             },
@@ -113,7 +115,8 @@ impl Hub {
         before - subs.len()
     }
 
-    fn subscribe(&self) -> mpsc::Receiver<Utf8Bytes> {
+    /// A new subscriber queue for events and delivery changes.
+    pub fn subscribe(&self) -> mpsc::Receiver<Utf8Bytes> {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         self.subscribers
             .lock()
@@ -123,18 +126,20 @@ impl Hub {
     }
 
     /// Positions newer than `since` inside `viewport` (all when `None`), as
-    /// one frame, and the newest version seen.
+    /// one frame; the newest version seen; and when the oldest included
+    /// position arrived.
     fn positions_since(
         &self,
         since: u64,
         viewport: Option<&Viewport>,
         kind: &str,
-    ) -> (Option<String>, u64) {
+    ) -> (Option<String>, u64, Option<std::time::Instant>) {
         let map = self
             .positions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut newest = since;
+        let mut oldest: Option<std::time::Instant> = None;
         let mut parts: Vec<&[u8]> = Vec::new();
         for p in map.values() {
             newest = newest.max(p.version);
@@ -147,9 +152,10 @@ impl Hub {
                 continue;
             }
             parts.push(&p.json);
+            oldest = Some(oldest.map_or(p.received, |o| o.min(p.received)));
         }
         if parts.is_empty() {
-            return (None, newest);
+            return (None, newest, None);
         }
         let mut out = String::with_capacity(32 + parts.iter().map(|p| p.len() + 1).sum::<usize>());
         out.push_str("{\"type\":\"");
@@ -162,7 +168,7 @@ impl Hub {
             out.push_str(std::str::from_utf8(p).unwrap_or("null"));
         }
         out.push_str("]}");
-        (Some(out), newest)
+        (Some(out), newest, oldest)
     }
 }
 
@@ -284,7 +290,7 @@ async fn send(sock: &mut Socket, text: Utf8Bytes) -> bool {
 }
 
 fn snapshot(app: &App, p: &Principal, hub: &Hub) -> (String, u64) {
-    let (drivers, version) = hub.positions_since(0, None, "snapshot");
+    let (drivers, version, _) = hub.positions_since(0, None, "snapshot");
     let deliveries: Vec<serde_json::Value> = app.tenant(&p.tenant).map_or_else(Vec::new, |t| {
         let st = t.lock();
         st.active_deliveries()
@@ -341,13 +347,16 @@ async fn serve(app: &App, sock: &mut Socket, p: &Principal) -> Option<(u16, &'st
                 None => return Some((close::SLOW, "fell too far behind; reconnect for a snapshot")),
             },
             _ = tick.tick() => {
-                let (frame, newest) = hub.positions_since(seen, viewport.as_ref(), "drivers");
+                let (frame, newest, oldest) = hub.positions_since(seen, viewport.as_ref(), "drivers");
                 seen = newest;
-                if let Some(f) = frame
-                    && !send(sock, f.into()).await
-                {
-                    app.metrics.slow_closes.inc();
-                    return Some((close::SLOW, "too slow to read positions"));
+                if let Some(f) = frame {
+                    if !send(sock, f.into()).await {
+                        app.metrics.slow_closes.inc();
+                        return Some((close::SLOW, "too slow to read positions"));
+                    }
+                    if let Some(t) = oldest {
+                        app.metrics.fanout_seconds.observe(t.elapsed().as_secs_f64());
+                    }
                 }
             }
             _ = ping.tick() => {

@@ -24,6 +24,7 @@ pub const HTTP_REQUESTS: &str = "rxtrack_http_requests_total";
 pub const HTTP_SECONDS: &str = "rxtrack_http_request_seconds";
 pub const DELIVERIES_ACTIVE: &str = "rxtrack_deliveries_active";
 pub const SLOW_CLOSES: &str = "rxtrack_slow_closes_total";
+pub const FANOUT_SECONDS: &str = "rxtrack_ping_to_fanout_seconds";
 
 /// The registry and its handles.
 #[derive(Debug, Clone)]
@@ -51,6 +52,9 @@ pub struct Metrics {
     pub deliveries_active: IntGauge,
     /// Subscribers closed for not keeping up.
     pub slow_closes: IntCounter,
+    /// From a ping's arrival to its position leaving in a dispatcher frame
+    /// (the oldest position in each frame).
+    pub fanout_seconds: Histogram,
 }
 
 impl Metrics {
@@ -127,6 +131,12 @@ impl Metrics {
             deliveries_active: reg!(IntGauge::new(
                 DELIVERIES_ACTIVE,
                 "Deliveries not yet delivered, failed or cancelled."
+            )),
+            fanout_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(FANOUT_SECONDS, "Ping arrival to dispatcher frame sent.")
+                    .buckets(vec![
+                        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5
+                    ])
             )),
             slow_closes: reg!(IntCounter::new(
                 SLOW_CLOSES,
