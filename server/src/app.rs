@@ -97,6 +97,9 @@ impl App {
                 tenants.insert(t.id.clone(), Tenant::new(t.id.clone(), Arc::new(key)));
             }
         }
+        for t in tenants.values() {
+            t.set_link_grace(config.limits.link_grace_ms);
+        }
         for (tid, (seq, hash)) in recovery.heads {
             if let Some(t) = TenantId::parse(&tid).ok().and_then(|id| tenants.get(&id)) {
                 t.set_chain_head(seq, hash);

@@ -87,6 +87,7 @@ struct RawLimits {
     link_lookups_per_minute: Option<f64>,
     link_lookup_burst: Option<f64>,
     heartbeat_ms: Option<u64>,
+    link_grace_s: Option<i64>,
 }
 
 /// Server-wide limits. Each default is chosen for a driver app that pings
@@ -117,6 +118,8 @@ pub struct Limits {
     /// Subscriber sockets are pinged this often, and closed after three
     /// heartbeats without an answer.
     pub heartbeat_ms: u64,
+    /// How long a tracking link keeps working after its delivery ends, ms.
+    pub link_grace_ms: i64,
 }
 
 impl Default for Limits {
@@ -134,6 +137,7 @@ impl Default for Limits {
             link_lookups_per_s: 1.0,
             link_lookup_burst: 30.0,
             heartbeat_ms: 20_000,
+            link_grace_ms: crate::deliveries::LINK_GRACE_MS,
         }
     }
 }
@@ -452,6 +456,10 @@ fn parse_limits(r: &RawLimits) -> Result<Limits, ConfigError> {
             d.link_lookup_burst,
             "link_lookup_burst",
         )?,
+        link_grace_ms: match r.link_grace_s {
+            None => d.link_grace_ms,
+            Some(s) => check_range(s, 0, 30 * 24 * 3600, "limits.link_grace_s")? * 1000,
+        },
         heartbeat_ms: match r.heartbeat_ms {
             None => d.heartbeat_ms,
             Some(n) => check_range(n, 100, 600_000, "limits.heartbeat_ms")?,

@@ -344,13 +344,13 @@ impl Delivery {
         }
     }
 
-    /// Whether its tracking link still works at `now`.
+    /// Whether its tracking link still works at `now`, given the grace period after the end.
     #[must_use]
-    pub fn link_valid(&self, now: UnixMillis) -> bool {
+    pub fn link_valid(&self, now: UnixMillis, grace_ms: i64) -> bool {
         !self.link_revoked
             && self
                 .ended_at
-                .is_none_or(|t| now.0 < t.0.saturating_add(LINK_GRACE_MS))
+                .is_none_or(|t| now.0 < t.0.saturating_add(grace_ms))
     }
 }
 
@@ -407,6 +407,8 @@ pub struct TenantState {
     /// Tracking links: SHA-256 of the token (hex) to delivery.
     links: HashMap<String, DeliveryId>,
     eta_cfg: EtaConfig,
+    /// How long a tracking link works after its delivery ends, ms.
+    link_grace_ms: i64,
 }
 
 /// A tenant: its id and its state behind one lock.
@@ -479,6 +481,7 @@ impl Tenant {
                 driver_live: HashMap::new(),
                 links: HashMap::new(),
                 eta_cfg: EtaConfig::default(),
+                link_grace_ms: LINK_GRACE_MS,
             }),
         }
     }
@@ -824,6 +827,11 @@ impl Tenant {
                 (),
             ))
         })
+    }
+
+    /// Sets how long tracking links work after their delivery ends.
+    pub fn set_link_grace(&self, grace_ms: i64) {
+        self.lock().link_grace_ms = grace_ms;
     }
 
     /// Marks quiet drivers' patients as "updating".
@@ -1204,7 +1212,9 @@ impl TenantState {
     #[must_use]
     pub fn link(&self, token_sha256: &str, now: UnixMillis) -> Option<&Delivery> {
         let id = self.links.get(token_sha256)?;
-        self.deliveries.get(id).filter(|d| d.link_valid(now))
+        self.deliveries
+            .get(id)
+            .filter(|d| d.link_valid(now, self.link_grace_ms))
     }
 
     fn apply_proximity(&mut self, kind: EventKind, id: &DeliveryId, at: UnixMillis) {

@@ -128,24 +128,21 @@ impl Hub {
     /// Positions newer than `since` inside `viewport` (all when `None`), as
     /// one frame; the newest version seen; and when the oldest included
     /// position arrived.
-    fn positions_since(
-        &self,
-        since: u64,
-        viewport: Option<&Viewport>,
-        kind: &str,
-    ) -> (Option<String>, u64, Option<std::time::Instant>) {
+    fn positions_since(&self, since: u64, viewport: Option<&Viewport>, kind: &str) -> Frame {
         let map = self
             .positions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut newest = since;
         let mut oldest: Option<std::time::Instant> = None;
+        let mut fresh = 0u64;
         let mut parts: Vec<&[u8]> = Vec::new();
         for p in map.values() {
             newest = newest.max(p.version);
             if p.version <= since {
                 continue;
             }
+            fresh += 1;
             if let Some(v) = viewport
                 && !p.cell.is_some_and(|c| v.contains(c))
             {
@@ -154,8 +151,16 @@ impl Hub {
             parts.push(&p.json);
             oldest = Some(oldest.map_or(p.received, |o| o.min(p.received)));
         }
+        // Versions between `since` and `newest` that are no longer in the
+        // map were overtaken by a newer position of the same driver.
+        let superseded = (newest - since).saturating_sub(fresh);
         if parts.is_empty() {
-            return (None, newest, None);
+            return Frame {
+                text: None,
+                newest,
+                oldest: None,
+                superseded,
+            };
         }
         let mut out = String::with_capacity(32 + parts.iter().map(|p| p.len() + 1).sum::<usize>());
         out.push_str("{\"type\":\"");
@@ -168,8 +173,25 @@ impl Hub {
             out.push_str(std::str::from_utf8(p).unwrap_or("null"));
         }
         out.push_str("]}");
-        (Some(out), newest, oldest)
+        Frame {
+            text: Some(out),
+            newest,
+            oldest,
+            superseded,
+        }
     }
+}
+
+/// What changed since a socket last looked.
+struct Frame {
+    /// The frame to send, if any position inside the viewport changed.
+    text: Option<String>,
+    /// The newest version seen.
+    newest: u64,
+    /// When the oldest position in the frame arrived.
+    oldest: Option<std::time::Instant>,
+    /// Positions this socket never saw because a newer one replaced them.
+    superseded: u64,
 }
 
 /// The H3 cells a dispatcher watches, by resolution.
@@ -290,7 +312,11 @@ async fn send(sock: &mut Socket, text: Utf8Bytes) -> bool {
 }
 
 fn snapshot(app: &App, p: &Principal, hub: &Hub) -> (String, u64) {
-    let (drivers, version, _) = hub.positions_since(0, None, "snapshot");
+    let Frame {
+        text: drivers,
+        newest: version,
+        ..
+    } = hub.positions_since(0, None, "snapshot");
     let deliveries: Vec<serde_json::Value> = app.tenant(&p.tenant).map_or_else(Vec::new, |t| {
         let st = t.lock();
         st.active_deliveries()
@@ -347,9 +373,11 @@ async fn serve(app: &App, sock: &mut Socket, p: &Principal) -> Option<(u16, &'st
                 None => return Some((close::SLOW, "fell too far behind; reconnect for a snapshot")),
             },
             _ = tick.tick() => {
-                let (frame, newest, oldest) = hub.positions_since(seen, viewport.as_ref(), "drivers");
-                seen = newest;
-                if let Some(f) = frame {
+                let frame = hub.positions_since(seen, viewport.as_ref(), "drivers");
+                seen = frame.newest;
+                app.metrics.positions_conflated.inc_by(frame.superseded);
+                let oldest = frame.oldest;
+                if let Some(f) = frame.text {
                     if !send(sock, f.into()).await {
                         app.metrics.slow_closes.inc();
                         return Some((close::SLOW, "too slow to read positions"));

@@ -25,6 +25,7 @@ pub const HTTP_SECONDS: &str = "rxtrack_http_request_seconds";
 pub const DELIVERIES_ACTIVE: &str = "rxtrack_deliveries_active";
 pub const SLOW_CLOSES: &str = "rxtrack_slow_closes_total";
 pub const FANOUT_SECONDS: &str = "rxtrack_ping_to_fanout_seconds";
+pub const POSITIONS_CONFLATED: &str = "rxtrack_positions_conflated_total";
 
 /// The registry and its handles.
 #[derive(Debug, Clone)]
@@ -55,6 +56,9 @@ pub struct Metrics {
     /// From a ping's arrival to its position leaving in a dispatcher frame
     /// (the oldest position in each frame).
     pub fanout_seconds: Histogram,
+    /// Positions a dispatcher socket skipped because a newer one of the same
+    /// driver replaced them before its next frame (latest wins).
+    pub positions_conflated: IntCounter,
 }
 
 impl Metrics {
@@ -137,6 +141,10 @@ impl Metrics {
                     .buckets(vec![
                         0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5
                     ])
+            )),
+            positions_conflated: reg!(IntCounter::new(
+                POSITIONS_CONFLATED,
+                "Positions replaced by a newer one before a dispatcher frame carried them."
             )),
             slow_closes: reg!(IntCounter::new(
                 SLOW_CLOSES,

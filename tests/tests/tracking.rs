@@ -108,6 +108,19 @@ async fn a_patient_follows_the_whole_delivery() {
 
     let mut patient = ws_connect(&s, &format!("/v1/track/{token}/ws"), "", Present::None).await;
     assert_eq!(patient_next(&mut patient).await["status"], "scheduled");
+    // A dispatcher watches the same story.
+    let mut dispatcher = ws_connect(&s, "/v1/dispatch/ws", &disp, Present::Subprotocol).await;
+    let dispatcher_seen = tokio::spawn(async move {
+        let mut msgs: Vec<Value> = vec![];
+        while let Ok(Some(Ok(m))) =
+            tokio::time::timeout(Duration::from_secs(5), dispatcher.next()).await
+        {
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                msgs.push(serde_json::from_str(t.as_str()).unwrap());
+            }
+        }
+        msgs
+    });
     call(
         http()
             .put(s.url("/v1/drivers/d1/route"))
@@ -247,6 +260,59 @@ async fn a_patient_follows_the_whole_delivery() {
         .unwrap();
     assert_eq!(opened["actor"]["role"], "tracking_link");
 
+    // The dispatcher saw the driver move and every event, including approaching.
+    let msgs = dispatcher_seen.await.unwrap();
+    let positions: usize = msgs
+        .iter()
+        .filter(|m| m["type"] == "drivers")
+        .map(|m| m["drivers"].as_array().unwrap().len())
+        .sum();
+    // The drive is replayed faster than one frame per 200 ms: conflated, latest wins.
+    assert!(positions >= 2, "dispatcher positions: {positions}");
+    let last = msgs.iter().rfind(|m| m["type"] == "drivers").unwrap();
+    assert!(
+        (last["drivers"][0]["lat"].as_f64().unwrap() - DROPOFF.0).abs() < 1e-9,
+        "{last}"
+    );
+    for kind in [
+        "delivery.picked_up",
+        "dropoff.approaching",
+        "dropoff.arrived",
+        "delivery.delivered",
+    ] {
+        assert!(
+            msgs.iter()
+                .any(|m| m["type"] == "event" && m["kind"] == kind),
+            "dispatcher missed {kind}"
+        );
+    }
+    let arrived: Vec<&Value> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "dropoff.arrived")
+        .collect();
+    assert_eq!(arrived.len(), 1);
+    assert!(
+        arrived[0]["where"]["lat"].as_f64().is_some() && arrived[0]["actor"]["device"] == "phone-1"
+    );
+    let (_, report) = call(
+        http()
+            .get(s.url("/v1/log/verify"))
+            .bearer_auth(staff("acme", "admin", "root")),
+    )
+    .await;
+    assert_eq!(report["ok"], true, "{report}");
+    let m = http()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!m.contains("rxtrack_ping_to_fanout_seconds_count 0"), "{m}");
+
     // Revoked: the socket closes, and the link is a 404 like any other.
     let (code, _) = call(
         http()
@@ -330,4 +396,32 @@ async fn lookups_are_rate_limited_and_slow_patients_are_closed() {
         );
     }
     assert_eq!(codes, [404, 404, 404, 404, 429, 429]);
+}
+
+#[tokio::test]
+async fn links_expire_after_the_grace_period() {
+    let s = Server::start_with("[limits]\nlink_grace_s = 1\n", &[]);
+    let disp = staff("acme", "dispatcher", "alice");
+    let (_, created) = call(
+        http()
+            .post(s.url("/v1/deliveries"))
+            .bearer_auth(&disp)
+            .json(&delivery_body("rx-1")),
+    )
+    .await;
+    let token = token_of(&created);
+    call(
+        http()
+            .post(s.url("/v1/deliveries/rx-1/status"))
+            .bearer_auth(&disp)
+            .json(&json!({"status":"cancelled"})),
+    )
+    .await;
+    let (code, snap) = call(http().get(s.url(&format!("/v1/track/{token}")))).await;
+    assert_eq!((code, snap["status"].as_str()), (200, Some("cancelled")));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code, expired) = call(http().get(s.url(&format!("/v1/track/{token}")))).await;
+    let (_, guessed) = call(http().get(s.url("/v1/track/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"))).await;
+    assert_eq!(code, 404);
+    assert_eq!(expired, guessed);
 }
