@@ -12,6 +12,17 @@
   let token = "";
   let attempt = 0;
 
+  const tileMeta = document.querySelector('meta[name="rxtrack-tiles"]');
+  const tileTemplate = tileMeta ? tileMeta.content : "";
+  const tiles = new Map();
+
+  // Web Mercator, in units of the whole world (0..1), as raster tiles use.
+  const mx = (lng) => (lng + 180) / 360;
+  const my = (lat) => {
+    const s = Math.sin((lat * Math.PI) / 180);
+    return 0.5 - Math.log((1 + s) / (1 - s)) / (4 * Math.PI);
+  };
+
   function bounds() {
     const pts = [];
     drivers.forEach((d) => pts.push([d.lat, d.lng]));
@@ -28,13 +39,37 @@
     return { s: s - pad, w: w - pad, n: n + pad, e: e + pad };
   }
 
+  function drawTiles(x0, y0, scale) {
+    if (!tileTemplate) return;
+    const z = Math.max(0, Math.min(19, Math.round(Math.log2(scale / 256))));
+    const n = 2 ** z;
+    const size = scale / n;
+    for (let tx = Math.floor(x0 * n); tx <= Math.floor((x0 + canvas.width / scale) * n); tx++) {
+      for (let ty = Math.floor(y0 * n); ty <= Math.floor((y0 + canvas.height / scale) * n); ty++) {
+        const url = tileTemplate.replace("{z}", z).replace("{x}", tx).replace("{y}", ty);
+        let img = tiles.get(url);
+        if (!img) {
+          img = new Image();
+          img.crossOrigin = "anonymous";
+          img.onload = draw;
+          img.src = url;
+          tiles.set(url, img);
+        }
+        if (img.complete && img.naturalWidth) ctx.drawImage(img, (tx / n - x0) * scale, (ty / n - y0) * scale, size, size);
+      }
+    }
+  }
+
   function draw() {
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     const b = bounds();
     if (!b) return;
-    const k = Math.cos(((b.s + b.n) / 2) * Math.PI / 180);
-    const scale = Math.min(canvas.width / ((b.e - b.w) * k), canvas.height / (b.n - b.s));
-    const xy = (la, lo) => [(lo - b.w) * k * scale, canvas.height - (la - b.s) * scale];
+    const x0 = mx(b.w);
+    const y0 = my(b.n);
+    const scale = Math.min(canvas.width / (mx(b.e) - x0), canvas.height / (my(b.s) - y0));
+    const xy = (la, lo) => [(mx(lo) - x0) * scale, (my(la) - y0) * scale];
+    const px = (metres, la) => (metres / (40075016.686 * Math.cos((la * Math.PI) / 180))) * scale;
+    drawTiles(x0, y0, scale);
     deliveries.forEach((d) => {
       [["pickup", "#2f6fd6"], ["dropoff", "#d6672f"]].forEach(([name, colour]) => {
         const f = d[name];
@@ -47,7 +82,7 @@
           ctx.closePath();
         } else {
           const [x, y] = xy(f.lat, f.lng);
-          ctx.arc(x, y, Math.max(3, (f.radius_m || 20) / 111195 * scale), 0, 2 * Math.PI);
+          ctx.arc(x, y, Math.max(3, px(f.radius_m || 20, f.lat)), 0, 2 * Math.PI);
         }
         ctx.stroke();
       });

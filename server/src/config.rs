@@ -51,6 +51,7 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     redis: Option<RawRedis>,
+    map_tile_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -173,6 +174,47 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub tenants: Vec<TenantConfig>,
     pub limits: Limits,
+    /// Optional raster tiles under the dispatcher map (`{z}/{x}/{y}`), and
+    /// their origin for the page's Content-Security-Policy.
+    pub map_tiles: Option<MapTiles>,
+}
+
+/// A validated tile URL template.
+#[derive(Clone, Debug)]
+pub struct MapTiles {
+    pub template: String,
+    pub origin: String,
+}
+
+fn parse_tiles(u: &str) -> Result<MapTiles, ConfigError> {
+    let bad = |m: &str| invalid("map_tile_url", m.to_owned());
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"))
+        .ok_or_else(|| bad("must start with https:// (or http://)"))?;
+    if !(u.contains("{z}") && u.contains("{x}") && u.contains("{y}")) {
+        return Err(bad("must contain {z}, {x} and {y}"));
+    }
+    if u.chars().any(|c| {
+        c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '<' | '>' | '\\' | '`')
+    }) {
+        return Err(bad(
+            "must be a plain URL (no spaces, quotes or angle brackets)",
+        ));
+    }
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || host.contains(['{', '}', '@', '?', '#']) {
+        return Err(bad("needs a plain host name"));
+    }
+    let scheme = if u.starts_with("https://") {
+        "https"
+    } else {
+        "http"
+    };
+    Ok(MapTiles {
+        template: u.to_owned(),
+        origin: format!("{scheme}://{host}"),
+    })
 }
 
 /// Default listen address.
@@ -238,6 +280,7 @@ impl Config {
             data_dir,
             tenants,
             limits: parse_limits(&raw.limits)?,
+            map_tiles: raw.map_tile_url.as_deref().map(parse_tiles).transpose()?,
         })
     }
 
@@ -256,6 +299,7 @@ impl Config {
                 caps: LifetimeCaps::default(),
             }],
             limits: Limits::default(),
+            map_tiles: None,
         })
     }
 
@@ -567,6 +611,29 @@ mod tests {
             err(&format!("{TENANT}[redis]\nurl = \"redis://127.0.0.1\"\n")).contains("`redis`")
         );
         assert!(err("listen = 5").contains("rxtrack.toml"));
+        assert!(
+            err(&format!(
+                "map_tile_url = \"ftp://x/{{z}}/{{x}}/{{y}}\"\n{TENANT}"
+            ))
+            .contains("map_tile_url")
+        );
+        assert!(
+            err(&format!(
+                "map_tile_url = \"https://t.example/a.png\"\n{TENANT}"
+            ))
+            .contains("{z}")
+        );
+        assert!(
+            err(&format!(
+                "map_tile_url = \"https://t.example/{{z}}/{{x}}/{{y}}.png?a=<b>\"\n{TENANT}"
+            ))
+            .contains("plain URL")
+        );
+        let c = parse(&format!(
+            "map_tile_url = \"https://tile.example.org:8443/{{z}}/{{x}}/{{y}}.png\"\n{TENANT}"
+        ))
+        .unwrap();
+        assert_eq!(c.map_tiles.unwrap().origin, "https://tile.example.org:8443");
     }
 
     #[test]

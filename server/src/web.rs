@@ -1,8 +1,13 @@
 //! Pages and their assets, embedded in the binary: no third-party scripts,
 //! fonts or tiles, and a strict Content-Security-Policy.
 
+use std::sync::Arc;
+
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+
+use crate::app::App;
 
 const TRACK_HTML: &str = include_str!("../assets/track.html");
 const TRACK_JS: &str = include_str!("../assets/track.js");
@@ -45,10 +50,35 @@ pub async fn track_css() -> Response {
     page(TRACK_CSS, "text/css; charset=utf-8")
 }
 
-/// `GET /dispatch`: the live map. It asks for a token and works offline
-/// (no tiles: drivers, fences and stops are drawn on a canvas).
-pub async fn dispatch_page() -> Response {
-    page(DISPATCH_HTML, "text/html; charset=utf-8")
+/// `GET /dispatch`: the live map. It asks for a token and works offline:
+/// drivers, fences and stops are drawn on a canvas, over raster tiles only
+/// when `map_tile_url` is configured (whose origin the CSP then allows).
+pub async fn dispatch_page(State(app): State<Arc<App>>) -> Response {
+    let Some(tiles) = &app.config.map_tiles else {
+        return page(DISPATCH_HTML, "text/html; charset=utf-8");
+    };
+    // The template was validated: no quotes or angle brackets; escape `&`.
+    let meta = format!(
+        "<meta name=\"rxtrack-tiles\" content=\"{}\">",
+        tiles.template.replace('&', "&amp;")
+    );
+    let html = DISPATCH_HTML.replacen("<!--tiles-->", &meta, 1);
+    let csp = CSP.replacen(
+        "img-src 'self'",
+        &format!("img-src 'self' {}", tiles.origin),
+        1,
+    );
+    let mut res = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
+    let h = res.headers_mut();
+    // Never without a policy: the strict one if the widened one were unusable.
+    let policy = HeaderValue::from_str(&csp).unwrap_or(HeaderValue::from_static(CSP));
+    h.insert(header::CONTENT_SECURITY_POLICY, policy);
+    h.insert(
+        "x-robots-tag",
+        HeaderValue::from_static("noindex, nofollow"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    res
 }
 
 pub async fn dispatch_js() -> Response {

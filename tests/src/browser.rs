@@ -19,6 +19,9 @@ pub struct Browser {
     ws: Ws,
     next_id: u64,
     session: Option<String>,
+    /// DevTools events received while waiting for answers (console messages,
+    /// exceptions), for diagnosing a failing page test.
+    pub events: Vec<Value>,
     _profile: tempfile::TempDir,
 }
 
@@ -78,6 +81,7 @@ impl Browser {
             ws,
             next_id: 0,
             session: None,
+            events: Vec::new(),
             _profile: profile,
         }
     }
@@ -106,6 +110,9 @@ impl Browser {
                 assert!(v.get("error").is_none(), "{method}: {v}");
                 return v["result"].clone();
             }
+            if v.get("method").is_some() && self.events.len() < 1000 {
+                self.events.push(v);
+            }
         }
     }
 
@@ -120,9 +127,32 @@ impl Browser {
             )
             .await;
         self.session = attached["sessionId"].as_str().map(str::to_owned);
+        // Report console messages and uncaught exceptions from here on.
+        self.call("Runtime.enable", json!({})).await;
+        // The new page starts as about:blank: wait for the real document.
+        let loaded = format!(
+            "location.href === {} && document.readyState === 'complete'",
+            json!(url)
+        );
+        self.wait_for(&loaded, &json!(true), 15).await;
+    }
+
+    /// Console messages and uncaught exceptions seen so far, as text.
+    pub fn problems(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter(|e| {
+                e["method"] == "Runtime.exceptionThrown"
+                    || (e["method"] == "Runtime.consoleAPICalled" && e["params"]["type"] == "error")
+            })
+            .map(ToString::to_string)
+            .collect()
     }
 
     /// Evaluates an expression in the page and returns its value.
+    ///
+    /// # Panics
+    /// When the expression throws.
     pub async fn eval(&mut self, expression: &str) -> Value {
         let r = self
             .call(
@@ -130,6 +160,11 @@ impl Browser {
                 json!({"expression": expression, "returnByValue": true}),
             )
             .await;
+        assert!(
+            r.get("exceptionDetails").is_none(),
+            "{expression} threw: {r}\n{:?}",
+            self.problems()
+        );
         r["result"]["value"].clone()
     }
 

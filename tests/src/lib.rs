@@ -141,7 +141,8 @@ impl Server {
         Self::start_with("", &[])
     }
 
-    /// Starts a server with extra TOML appended to the configuration and extra environment.
+    /// Starts a server with extra TOML (top-level keys or whole tables, placed
+    /// before the tenants) and extra environment.
     ///
     /// # Panics
     /// When the server does not start.
@@ -186,9 +187,9 @@ impl Server {
             self.addr.clone()
         };
         let config = format!(
-            "listen = \"{listen}\"\npublic_url = \"https://track.example.test\"\ndata_dir = \"data\"\n\
+            "listen = \"{listen}\"\npublic_url = \"https://track.example.test\"\ndata_dir = \"data\"\n{}\n\
              [[tenants]]\nid = \"acme\"\nhs256_secret_file = \"acme.secret\"\n\
-             [[tenants]]\nid = \"beta\"\nhs256_secret_env = \"BETA_JWT\"\n{}",
+             [[tenants]]\nid = \"beta\"\nhs256_secret_env = \"BETA_JWT\"\n",
             self.extra_config
         );
         std::fs::write(self.config_path(), config).expect("write config");

@@ -158,8 +158,6 @@ async fn the_dispatcher_page_draws_the_drivers() {
 
     let mut b = Browser::launch().await;
     b.open(&s.url("/dispatch")).await;
-    b.wait_for("document.readyState", &json!("complete"), 15)
-        .await;
     b.eval(&format!(
         "document.getElementById('token').value = '{disp}'; document.getElementById('login').requestSubmit(); true"
     ))
@@ -215,4 +213,39 @@ async fn the_dispatcher_page_draws_the_drivers() {
     )
     .await;
     b.screenshot("dispatcher-page.png").await;
+}
+
+#[tokio::test]
+async fn a_configured_tile_layer_is_allowed_and_nothing_else() {
+    let s = Server::start_with(
+        "map_tile_url = \"https://tile.example.org/{z}/{x}/{y}.png?k=1&s=2\"\n",
+        &[],
+    );
+    let res = http().get(s.url("/dispatch")).send().await.unwrap();
+    let csp = res.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("img-src 'self' https://tile.example.org;"),
+        "{csp}"
+    );
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    let html = res.text().await.unwrap();
+    assert!(
+        html.contains(r#"<meta name="rxtrack-tiles" content="https://tile.example.org/{z}/{x}/{y}.png?k=1&amp;s=2">"#),
+        "{html}"
+    );
+    // Without the setting, the page names no other origin at all.
+    let plain = Server::start();
+    let res = http().get(plain.url("/dispatch")).send().await.unwrap();
+    assert!(
+        res.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("img-src 'self';")
+    );
 }
