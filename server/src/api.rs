@@ -630,19 +630,8 @@ async fn revoke_link(
 
 async fn driver_ws(State(app): State<Arc<App>>, mut req: Request) -> ApiResult<Response> {
     let hs = crate::ws::handshake(&mut req)?;
-    let permit = app.conn_limit.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many connections; retry later",
-        )
-    })?;
-    let auth = hs
-        .token
-        .as_deref()
-        .map_or(Err(crate::auth::AuthError::Missing), |t| {
-            app.verifier.verify(t, UnixMillis::now())
-        });
+    let permit = app.socket_permit()?;
+    let auth = app.verify_presented(hs.token.as_deref());
     let cfg = crate::ws::config(app.config.limits.max_message_bytes);
     let app2 = app.clone();
     app.tracker.spawn(async move {

@@ -164,6 +164,27 @@ impl App {
         Ok((committed.events, committed.value))
     }
 
+    /// A permit for one more socket, or a 503 when the node is full.
+    pub fn socket_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, crate::api::ApiError> {
+        self.conn_limit.clone().try_acquire_owned().map_err(|_| {
+            crate::api::ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many connections; retry later",
+            )
+        })
+    }
+
+    /// Verifies the token a socket presented, if any.
+    pub fn verify_presented(
+        &self,
+        token: Option<&str>,
+    ) -> Result<crate::auth::Principal, crate::auth::AuthError> {
+        token.map_or(Err(crate::auth::AuthError::Missing), |t| {
+            self.verifier.verify(t, crate::types::UnixMillis::now())
+        })
+    }
+
     fn refresh_active(&self) {
         let active: usize = self.tenants.values().map(|t| t.lock().active_count()).sum();
         self.metrics

@@ -19,10 +19,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::StreamExt as _;
 use h3o::{CellIndex, Resolution};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -30,10 +29,10 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::api::ApiError;
 use crate::app::App;
-use crate::auth::{AuthError, Principal, Role};
+use crate::auth::{Principal, Role};
 use crate::log::Event;
 use crate::protocol::Fix;
-use crate::types::{SubjectId, UnixMillis};
+use crate::types::SubjectId;
 use crate::ws::{self, Socket, close};
 
 /// How often a socket sends the positions that changed.
@@ -45,8 +44,6 @@ pub const EVENT_QUEUE: usize = 512;
 pub const MAX_VIEWPORT_CELLS: usize = 2000;
 /// Largest message a dispatcher may send (a full viewport is about 40 KiB).
 const DISPATCH_MAX_MESSAGE: usize = 64 * 1024;
-/// How long one write may take.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Resolution at which driver positions are indexed for viewports.
 const POSITION_RES: Resolution = Resolution::Fifteen;
 
@@ -259,16 +256,8 @@ pub fn publish_events(app: &App, tenant: &crate::deliveries::Tenant, events: &[E
 /// `GET /v1/dispatch/ws` (admin, dispatcher, viewer).
 pub async fn socket(State(app): State<Arc<App>>, mut req: Request) -> Result<Response, ApiError> {
     let hs = ws::handshake(&mut req)?;
-    let auth = hs.token.as_deref().map_or(Err(AuthError::Missing), |t| {
-        app.verifier.verify(t, UnixMillis::now())
-    });
-    let permit = app.conn_limit.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many connections; retry later",
-        )
-    })?;
+    let auth = app.verify_presented(hs.token.as_deref());
+    let permit = app.socket_permit()?;
     let cfg = ws::config(DISPATCH_MAX_MESSAGE);
     let app2 = app.clone();
     app.tracker.spawn(async move {
@@ -304,13 +293,6 @@ pub async fn socket(State(app): State<Arc<App>>, mut req: Request) -> Result<Res
     Ok(hs.response)
 }
 
-async fn send(sock: &mut Socket, text: Utf8Bytes) -> bool {
-    matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, sock.send(Message::Text(text))).await,
-        Ok(Ok(()))
-    )
-}
-
 fn snapshot(app: &App, p: &Principal, hub: &Hub) -> (String, u64) {
     let Frame {
         text: drivers,
@@ -337,20 +319,12 @@ fn snapshot(app: &App, p: &Principal, hub: &Hub) -> (String, u64) {
     (snap.to_string(), version)
 }
 
-fn expiry(exp_s: i64) -> tokio::time::Instant {
-    let left_ms = exp_s
-        .saturating_mul(1000)
-        .saturating_sub(UnixMillis::now().0)
-        .max(0);
-    tokio::time::Instant::now() + Duration::from_millis(u64::try_from(left_ms).unwrap_or(0))
-}
-
 async fn serve(app: &App, sock: &mut Socket, p: &Principal) -> Option<(u16, &'static str)> {
     let hub = app.hubs.get(&p.tenant)?;
     // Subscribe before the snapshot, so nothing falls between them.
     let mut events = hub.subscribe();
     let (snap, mut seen) = snapshot(app, p, hub);
-    if !send(sock, snap.into()).await {
+    if !ws::send_text(sock, snap.into()).await {
         return Some((close::SLOW, "write timed out"));
     }
     let mut viewport: Option<Viewport> = None;
@@ -359,14 +333,14 @@ async fn serve(app: &App, sock: &mut Socket, p: &Principal) -> Option<(u16, &'st
     let mut ping = tokio::time::interval(heartbeat);
     ping.tick().await;
     let mut last_pong = std::time::Instant::now();
-    let expires = expiry(p.exp);
+    let expires = ws::token_deadline(p.exp);
     loop {
         tokio::select! {
             biased;
             () = app.shutdown.cancelled() => return Some((close::GOING_AWAY, "server draining")),
             () = tokio::time::sleep_until(expires) => return Some((close::UNAUTHORIZED, "token expired")),
             msg = events.recv() => match msg {
-                Some(text) => if !send(sock, text).await {
+                Some(text) => if !ws::send_text(sock, text).await {
                     app.metrics.slow_closes.inc();
                     return Some((close::SLOW, "too slow to read events"));
                 },
@@ -378,7 +352,7 @@ async fn serve(app: &App, sock: &mut Socket, p: &Principal) -> Option<(u16, &'st
                 app.metrics.positions_conflated.inc_by(frame.superseded);
                 let oldest = frame.oldest;
                 if let Some(f) = frame.text {
-                    if !send(sock, f.into()).await {
+                    if !ws::send_text(sock, f.into()).await {
                         app.metrics.slow_closes.inc();
                         return Some((close::SLOW, "too slow to read positions"));
                     }
@@ -392,7 +366,7 @@ async fn serve(app: &App, sock: &mut Socket, p: &Principal) -> Option<(u16, &'st
                     app.metrics.slow_closes.inc();
                     return Some((close::SLOW, "no answer to heartbeats"));
                 }
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, sock.send(Message::Ping(Bytes::from_static(b"hb")))).await;
+                let _ = ws::send_ping(sock).await;
             }
             msg = sock.next() => match msg {
                 Some(Ok(Message::Pong(_))) => last_pong = std::time::Instant::now(),

@@ -13,9 +13,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::StreamExt as _;
 use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
@@ -25,9 +25,6 @@ use crate::auth::{AuthError, Principal, Role};
 use crate::protocol::{Cursor, DriverMsg, MAX_BATCH, PingIn, ServerMsg};
 use crate::types::{DeviceId, SubjectId, TenantId, UnixMillis};
 use crate::ws::{self, Socket, close};
-
-/// How long one write to a driver may take before the socket is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A token bucket: `rate` tokens a second, at most `burst` stored.
 #[derive(Debug, Clone, Copy)]
@@ -250,14 +247,6 @@ enum Next {
     Close(u16, &'static str),
 }
 
-fn expiry(exp_s: i64) -> tokio::time::Instant {
-    let left_ms = exp_s
-        .saturating_mul(1000)
-        .saturating_sub(UnixMillis::now().0)
-        .max(0);
-    tokio::time::Instant::now() + Duration::from_millis(u64::try_from(left_ms).unwrap_or(0))
-}
-
 impl Session<'_> {
     /// Serves the socket; returns the close code to send, if the server closes.
     async fn serve(
@@ -271,7 +260,7 @@ impl Session<'_> {
         if self.send(ws, &hello).await.is_err() {
             return None;
         }
-        let mut expires = expiry(self.principal.exp);
+        let mut expires = ws::token_deadline(self.principal.exp);
         loop {
             tokio::select! {
                 biased;
@@ -306,9 +295,10 @@ impl Session<'_> {
 
     async fn send(&self, ws: &mut Socket, msg: &ServerMsg) -> Result<(), ()> {
         let text = serde_json::to_string(msg).map_err(|_| ())?;
-        match tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Text(text.into()))).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(()),
+        if ws::send_text(ws, text.into()).await {
+            Ok(())
+        } else {
+            Err(())
         }
     }
 
@@ -510,7 +500,7 @@ impl Session<'_> {
                         "refresh token is for another driver or device",
                     );
                 }
-                *expires = expiry(p.exp);
+                *expires = ws::token_deadline(p.exp);
                 self.principal = p;
                 Next::Continue
             }
@@ -521,6 +511,7 @@ impl Session<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn bucket_refills_at_its_rate_up_to_its_burst() {

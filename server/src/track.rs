@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::StreamExt as _;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
@@ -28,8 +28,6 @@ use crate::ws::{self, Socket, close};
 const MAX_TOKEN_CHARS: usize = 128;
 /// Client addresses remembered by the rate limiter before it forgets idle ones.
 const MAX_TRACKED_ADDRESSES: usize = 50_000;
-/// How long one write to a patient may take.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an open link is checked for expiry.
 const EXPIRY_CHECK: Duration = Duration::from_secs(30);
 /// Largest message a patient may send (they have nothing to say).
@@ -132,13 +130,7 @@ pub async fn socket(
 ) -> Result<Response, ApiError> {
     let hs = ws::handshake(&mut req)?;
     let (text, rx, tenant, _id, hash) = open(&app, &peer, &token).await?;
-    let permit = app.conn_limit.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many connections; retry later",
-        )
-    })?;
+    let permit = app.socket_permit()?;
     let cfg = ws::config(PATIENT_MAX_MESSAGE);
     let app2 = app.clone();
     app.tracker.spawn(async move {
@@ -156,13 +148,6 @@ pub async fn socket(
     Ok(hs.response)
 }
 
-async fn send(sock: &mut Socket, text: Utf8Bytes) -> bool {
-    matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, sock.send(Message::Text(text))).await,
-        Ok(Ok(()))
-    )
-}
-
 async fn serve(
     app: &App,
     sock: &mut Socket,
@@ -172,7 +157,7 @@ async fn serve(
     hash: &str,
 ) -> Option<(u16, &'static str)> {
     rx.mark_unchanged();
-    if !send(sock, first).await {
+    if !ws::send_text(sock, first).await {
         return Some((close::SLOW, "write timed out"));
     }
     let heartbeat = Duration::from_millis(app.config.limits.heartbeat_ms);
@@ -190,7 +175,7 @@ async fn serve(
                     return Some((close::LINK_GONE, "tracking link revoked"));
                 }
                 let text = rx.borrow_and_update().clone();
-                if !send(sock, text).await {
+                if !ws::send_text(sock, text).await {
                     app.metrics.slow_closes.inc();
                     return Some((close::SLOW, "too slow to read updates"));
                 }
@@ -201,7 +186,7 @@ async fn serve(
                     app.metrics.slow_closes.inc();
                     return Some((close::SLOW, "no answer to heartbeats"));
                 }
-                if !send_ping(sock).await {
+                if !ws::send_ping(sock).await {
                     return None;
                 }
             }
@@ -218,15 +203,4 @@ async fn serve(
             },
         }
     }
-}
-
-async fn send_ping(sock: &mut Socket) -> bool {
-    matches!(
-        tokio::time::timeout(
-            WRITE_TIMEOUT,
-            sock.send(Message::Ping(bytes::Bytes::from_static(b"hb")))
-        )
-        .await,
-        Ok(Ok(()))
-    )
 }

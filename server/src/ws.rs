@@ -160,6 +160,39 @@ pub async fn accept(on_upgrade: OnUpgrade, cfg: WebSocketConfig) -> Option<Socke
     Some(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await)
 }
 
+/// How long one write to a client may take before the socket is given up.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends a text message within [`WRITE_TIMEOUT`]; `false` if it could not.
+pub async fn send_text(ws: &mut Socket, text: tokio_tungstenite::tungstenite::Utf8Bytes) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Text(text))).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Sends a heartbeat ping within [`WRITE_TIMEOUT`]; `false` if it could not.
+pub async fn send_ping(ws: &mut Socket) -> bool {
+    matches!(
+        tokio::time::timeout(
+            WRITE_TIMEOUT,
+            ws.send(Message::Ping(bytes::Bytes::from_static(b"hb")))
+        )
+        .await,
+        Ok(Ok(()))
+    )
+}
+
+/// When a token with expiry `exp_s` (seconds) runs out, as a timer deadline.
+#[must_use]
+pub fn token_deadline(exp_s: i64) -> tokio::time::Instant {
+    let left_ms = exp_s
+        .saturating_mul(1000)
+        .saturating_sub(crate::types::UnixMillis::now().0)
+        .max(0);
+    tokio::time::Instant::now() + Duration::from_millis(u64::try_from(left_ms).unwrap_or(0))
+}
+
 /// Sends a close frame, waits briefly for the client's, and counts the code.
 pub async fn close_with(ws: &mut Socket, metrics: &Metrics, code: u16, reason: &str) {
     metrics
