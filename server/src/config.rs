@@ -608,6 +608,22 @@ mod tests {
                 .contains("limits.pings_per_second")
         );
         assert!(
+            err(&format!("{TENANT}[limits]\nheartbeat_ms = 1\n")).contains("limits.heartbeat_ms")
+        );
+        assert!(
+            err(&format!("{TENANT}[limits]\nlink_grace_s = -1\n")).contains("limits.link_grace_s")
+        );
+        assert!(
+            err(&format!("{TENANT}[limits]\nlink_lookup_burst = 0\n"))
+                .contains("limits.link_lookup_burst")
+        );
+        assert!(
+            err(&format!(
+                "{TENANT}[limits]\nheader_timeout_ms = 999999999\n"
+            ))
+            .contains("limits.header_timeout_ms")
+        );
+        assert!(
             err(&format!("{TENANT}[redis]\nurl = \"redis://127.0.0.1\"\n")).contains("`redis`")
         );
         assert!(err("listen = 5").contains("rxtrack.toml"));

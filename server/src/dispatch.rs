@@ -379,6 +379,9 @@ async fn serve(app: &App, sock: &mut Socket, p: &Principal) -> Option<(u16, &'st
                     Err(reason) => return Some((close::PROTOCOL, reason)),
                 },
                 Some(Ok(Message::Binary(_))) => return Some((close::PROTOCOL, "binary frames are not part of the protocol")),
+                Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
+                    return Some((close::TOO_BIG, "message too large"));
+                }
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
                 Some(Ok(_)) => {}
             },

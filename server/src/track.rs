@@ -197,6 +197,9 @@ async fn serve(
             }
             msg = sock.next() => match msg {
                 Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
+                Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
+                    return Some((close::TOO_BIG, "message too large"));
+                }
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
                 // Patients have nothing to say; anything else is read and dropped.
                 Some(Ok(_)) => {}

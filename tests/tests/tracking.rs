@@ -425,3 +425,37 @@ async fn links_expire_after_the_grace_period() {
     assert_eq!(code, 404);
     assert_eq!(expired, guessed);
 }
+
+#[tokio::test]
+async fn oversized_messages_close_subscriber_sockets_with_1009() {
+    use futures_util::SinkExt as _;
+    let s = Server::start();
+    let disp = staff("acme", "dispatcher", "alice");
+    let (_, created) = call(
+        http()
+            .post(s.url("/v1/deliveries"))
+            .bearer_auth(&disp)
+            .json(&delivery_body("rx-1")),
+    )
+    .await;
+    let token = token_of(&created);
+    let mut patient = ws_connect(&s, &format!("/v1/track/{token}/ws"), "", Present::None).await;
+    patient_next(&mut patient).await;
+    let _ = patient
+        .send(tokio_tungstenite::tungstenite::Message::Text(
+            "x".repeat(10_000).into(),
+        ))
+        .await;
+    assert_eq!(close_code(&mut patient, 5).await, Some(1009));
+    let mut map = ws_connect(&s, "/v1/dispatch/ws", &disp, Present::Subprotocol).await;
+    assert!(matches!(next(&mut map, 5).await, Got::Json(v) if v["type"] == "snapshot"));
+    let _ = map
+        .send(tokio_tungstenite::tungstenite::Message::Text(
+            "x".repeat(100_000).into(),
+        ))
+        .await;
+    assert_eq!(close_code(&mut map, 5).await, Some(1009));
+    // Others are unaffected.
+    let (code, _) = call(http().get(s.url(&format!("/v1/track/{token}")))).await;
+    assert_eq!(code, 200);
+}
