@@ -98,7 +98,7 @@ impl App {
             }
         }
         for t in tenants.values() {
-            t.set_link_grace(config.limits.link_grace_ms);
+            t.configure(config.limits.link_grace_ms, config.eta);
         }
         for (tid, (seq, hash)) in recovery.heads {
             if let Some(t) = TenantId::parse(&tid).ok().and_then(|id| tenants.get(&id)) {

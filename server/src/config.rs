@@ -12,6 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
 use crate::auth::{LifetimeCaps, TenantKeys, Verifier};
+use crate::eta::EtaConfig;
 use crate::types::TenantId;
 
 /// Shortest HS256 secret we accept, in bytes (RFC 7518 §3.2: at least the hash size).
@@ -52,6 +53,21 @@ struct RawConfig {
     limits: RawLimits,
     redis: Option<RawRedis>,
     map_tile_url: Option<String>,
+    #[serde(default)]
+    eta: RawEta,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEta {
+    circuity: Option<f64>,
+    default_speed_kmh: Option<f64>,
+    min_speed_kmh: Option<f64>,
+    max_speed_kmh: Option<f64>,
+    service_minutes: Option<f64>,
+    window_minutes: Option<i64>,
+    approaching_minutes: Option<f64>,
+    quiet_seconds: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -177,6 +193,8 @@ pub struct Config {
     /// Optional raster tiles under the dispatcher map (`{z}/{x}/{y}`), and
     /// their origin for the page's Content-Security-Policy.
     pub map_tiles: Option<MapTiles>,
+    /// The ETA engine's tunables (`[eta]`).
+    pub eta: EtaConfig,
 }
 
 /// A validated tile URL template.
@@ -281,6 +299,7 @@ impl Config {
             tenants,
             limits: parse_limits(&raw.limits)?,
             map_tiles: raw.map_tile_url.as_deref().map(parse_tiles).transpose()?,
+            eta: parse_eta(&raw.eta)?,
         })
     }
 
@@ -300,6 +319,7 @@ impl Config {
             }],
             limits: Limits::default(),
             map_tiles: None,
+            eta: EtaConfig::default(),
         })
     }
 
@@ -511,6 +531,54 @@ fn parse_limits(r: &RawLimits) -> Result<Limits, ConfigError> {
     })
 }
 
+fn parse_eta(r: &RawEta) -> Result<EtaConfig, ConfigError> {
+    let d = EtaConfig::default();
+    let num = |v: Option<f64>, lo: f64, hi: f64, key: &str| -> Result<Option<f64>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(x) if x.is_finite() && (lo..=hi).contains(&x) => Ok(Some(x)),
+            Some(x) => Err(invalid(
+                format!("eta.{key}"),
+                format!("{x} is not within {lo}..={hi}"),
+            )),
+        }
+    };
+    let kmh = |v: f64| v / 3.6;
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "bounded minutes in ms fit i64"
+    )]
+    let ms = |minutes: f64| (minutes * 60_000.0) as i64;
+    let cfg = EtaConfig {
+        circuity: num(r.circuity, 1.0, 3.0, "circuity")?.unwrap_or(d.circuity),
+        default_speed_mps: num(r.default_speed_kmh, 1.0, 200.0, "default_speed_kmh")?
+            .map_or(d.default_speed_mps, kmh),
+        min_speed_mps: num(r.min_speed_kmh, 1.0, 200.0, "min_speed_kmh")?
+            .map_or(d.min_speed_mps, kmh),
+        max_speed_mps: num(r.max_speed_kmh, 1.0, 300.0, "max_speed_kmh")?
+            .map_or(d.max_speed_mps, kmh),
+        service_ms: num(r.service_minutes, 0.0, 120.0, "service_minutes")?.map_or(d.service_ms, ms),
+        round_ms: match r.window_minutes {
+            None => d.round_ms,
+            Some(m) => check_range(m, 1, 60, "eta.window_minutes")? * 60_000,
+        },
+        approaching_ms: num(r.approaching_minutes, 0.5, 120.0, "approaching_minutes")?
+            .map_or(d.approaching_ms, ms),
+        quiet_ms: match r.quiet_seconds {
+            None => d.quiet_ms,
+            Some(s) => check_range(s, 10, 3600, "eta.quiet_seconds")? * 1000,
+        },
+        ..d
+    };
+    if cfg.min_speed_mps > cfg.max_speed_mps {
+        return Err(invalid(
+            "eta.min_speed_kmh",
+            "must not exceed eta.max_speed_kmh",
+        ));
+    }
+    Ok(cfg)
+}
+
 fn trim_newline(mut b: Vec<u8>) -> Vec<u8> {
     while matches!(b.last(), Some(b'\n' | b'\r')) {
         b.pop();
@@ -606,6 +674,26 @@ mod tests {
         assert!(
             err(&format!("{TENANT}[limits]\npings_per_second = -1\n"))
                 .contains("limits.pings_per_second")
+        );
+        assert!(err(&format!("{TENANT}[eta]\ncircuity = 0.5\n")).contains("eta.circuity"));
+        assert!(
+            err(&format!(
+                "{TENANT}[eta]\nmin_speed_kmh = 90\nmax_speed_kmh = 50\n"
+            ))
+            .contains("eta.min_speed_kmh")
+        );
+        assert!(
+            err(&format!("{TENANT}[eta]\nwindow_minutes = 0\n")).contains("eta.window_minutes")
+        );
+        assert!(err(&format!("{TENANT}[eta]\nwarp = 9\n")).contains("warp"));
+        let c = parse(&format!(
+            "{TENANT}[eta]\ncircuity = 1.2\nwindow_minutes = 10\nmax_speed_kmh = 72\n"
+        ))
+        .unwrap();
+        assert!(
+            (c.eta.circuity - 1.2).abs() < 1e-9
+                && c.eta.round_ms == 600_000
+                && (c.eta.max_speed_mps - 20.0).abs() < 1e-9
         );
         assert!(
             err(&format!("{TENANT}[limits]\nheartbeat_ms = 1\n")).contains("limits.heartbeat_ms")

@@ -829,9 +829,11 @@ impl Tenant {
         })
     }
 
-    /// Sets how long tracking links work after their delivery ends.
-    pub fn set_link_grace(&self, grace_ms: i64) {
-        self.lock().link_grace_ms = grace_ms;
+    /// Applies the configuration: the link grace period and the ETA tunables.
+    pub fn configure(&self, link_grace_ms: i64, eta: EtaConfig) {
+        let mut st = self.lock();
+        st.link_grace_ms = link_grace_ms;
+        st.eta_cfg = eta;
     }
 
     /// Marks quiet drivers' patients as "updating".
