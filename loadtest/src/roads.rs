@@ -77,11 +77,21 @@ impl RoadGraph {
     /// Reads an `.osm.pbf` extract.
     pub fn from_pbf(path: &Path) -> Result<Self, RoadError> {
         let shown = path.display().to_string();
-        let read_err = |e: osmpbf::Error| RoadError::Read {
+        let file = std::fs::File::open(path).map_err(|e| RoadError::Read {
             path: shown.clone(),
             message: e.to_string(),
-        };
-        let reader = ElementReader::from_path(path).map_err(read_err)?;
+        })?;
+        Self::from_reader(std::io::BufReader::new(file), &shown)
+    }
+
+    /// Reads an `.osm.pbf` extract held in memory (`name` is for errors).
+    pub fn from_pbf_bytes(bytes: &[u8], name: &str) -> Result<Self, RoadError> {
+        Self::from_reader(std::io::Cursor::new(bytes), name)
+    }
+
+    fn from_reader<R: std::io::Read + Send>(input: R, shown: &str) -> Result<Self, RoadError> {
+        let shown = shown.to_owned();
+        let reader = ElementReader::new(input);
         let mut coords: HashMap<i64, (f64, f64)> = HashMap::new();
         let mut ways: Vec<Way> = Vec::new();
         reader

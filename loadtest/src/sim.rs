@@ -138,6 +138,12 @@ pub struct SimDriver {
 }
 
 impl SimDriver {
+    /// Whether the driver has reached the pharmacy (and so picked up).
+    #[must_use]
+    pub fn picked_up(&self) -> bool {
+        self.leg >= 1
+    }
+
     /// Whether every drop-off has been reached.
     #[must_use]
     pub fn finished(&self) -> bool {

@@ -9,6 +9,7 @@
 //! - [`log`]: the durable delivery log (hash chain, sealing, group commit).
 //! - [`deliveries`]: deliveries, routes, devices, proximity and tracking links,
 //!   rebuilt from the log.
+//! - [`demo`]: `rxtrack demo`'s simulated fleet on Helsinki's streets.
 //! - [`dispatch`]: the dispatcher live stream and the per-tenant fan-out.
 //! - [`eta`]: the ETA engine and the coarse windows patients see (pure).
 //! - [`patient`]: the patient snapshot, a type with no room for PHI.
@@ -28,6 +29,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod deliveries;
+pub mod demo;
 pub mod dispatch;
 pub mod eta;
 pub mod fsutil;

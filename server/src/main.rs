@@ -48,6 +48,18 @@ enum Command {
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
     },
+    /// Run the zero-config node with a small simulated fleet on Helsinki's streets.
+    Demo {
+        /// Data folder (default ./rxtrack-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Listen address.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Simulated drivers (each with 3 drop-offs).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=200))]
+        drivers: u16,
+    },
     /// Mint a token with a tenant's configured HS256 secret (development and tests).
     Token {
         #[command(flatten)]
@@ -205,7 +217,12 @@ For production, write rxtrack.toml (see README.md) and run: rxtrack serve --conf
     );
 }
 
-async fn serve(at: &Where, listen: Option<&str>, log_format: &str) -> anyhow::Result<()> {
+async fn serve(
+    at: &Where,
+    listen: Option<&str>,
+    log_format: &str,
+    demo_fleet: Option<u16>,
+) -> anyhow::Result<()> {
     init_tracing(log_format);
     let (mut config, demo) = load_config(at)?;
     if let Some(l) = listen {
@@ -225,6 +242,37 @@ async fn serve(at: &Where, listen: Option<&str>, log_format: &str) -> anyhow::Re
     println!("rxtrack listening on http://{addr}");
     if demo {
         quick_start(&addr, &data_dir);
+    }
+    if let Some(drivers) = demo_fleet {
+        let urls =
+            rxtrack_server::demo::start(app.clone(), listener.local_addr()?, usize::from(drivers))
+                .await?;
+        let now = UnixMillis::now().as_secs();
+        let claims = Claims {
+            tid: DEMO_TENANT.into(),
+            sub: "demo-viewer".into(),
+            role: Role::Viewer,
+            aud: AUDIENCE.into(),
+            iat: now,
+            exp: now + 3600,
+            did: None,
+            auth_time: Some(now),
+        };
+        let secret = app
+            .config
+            .tenant(DEMO_TENANT)
+            .and_then(|t| t.hs256_secret.clone())
+            .context("the demo tenant has a secret")?;
+        println!(
+            "Demo fleet: {drivers} drivers on central Helsinki's streets, {} deliveries.\n\
+             Live map: http://{addr}/dispatch  (paste this viewer token: {})\n\
+             Tracking links (open one in a browser):",
+            urls.len(),
+            mint_hs256(&secret, &claims)
+        );
+        for u in urls.iter().take(3) {
+            println!("  {u}");
+        }
     }
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
@@ -257,8 +305,24 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .context("starting the runtime")
-            .and_then(|rt| rt.block_on(serve(&at, listen.as_deref(), &log_format)))
+            .and_then(|rt| rt.block_on(serve(&at, listen.as_deref(), &log_format, None)))
             .map(|()| ExitCode::SUCCESS),
+        Command::Demo {
+            data_dir,
+            listen,
+            drivers,
+        } => {
+            let at = Where {
+                config: None,
+                data_dir,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")
+                .and_then(|rt| rt.block_on(serve(&at, listen.as_deref(), "text", Some(drivers))))
+                .map(|()| ExitCode::SUCCESS)
+        }
         Command::Token {
             at,
             tenant,

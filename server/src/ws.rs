@@ -29,6 +29,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// A server-side WebSocket over an upgraded hyper connection.
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
+/// A client WebSocket (the demo fleet's driver apps).
+pub type ClientSocket = WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 /// Close codes the server sends (PROTOCOL.md, plus documented additions).
 pub mod close {
     /// Server draining: reconnect, possibly elsewhere.

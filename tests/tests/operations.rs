@@ -263,3 +263,85 @@ async fn silent_connections_are_dropped_at_the_authentication_deadline() {
         assert!(read.is_ok(), "the server kept a silent connection open");
     }
 }
+
+#[tokio::test]
+async fn the_demo_fleet_moves_on_the_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(binary())
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--drivers",
+            "2",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut addr = String::new();
+    let mut viewer = String::new();
+    let mut tracking = String::new();
+    while tracking.is_empty() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("demo output");
+        if let Some(a) = line.strip_prefix("rxtrack listening on http://") {
+            addr = a.to_owned();
+        }
+        if let Some(t) = line.split("viewer token: ").nth(1) {
+            viewer = t.trim_end_matches(')').to_owned();
+        }
+        if let Some(u) = line.trim().strip_prefix(&format!("http://{addr}/t/")) {
+            tracking = u.to_owned();
+        }
+    }
+    // The link works, and the map shows the fleet moving.
+    let (code, snap) = call(http().get(format!("http://{addr}/v1/track/{tracking}"))).await;
+    assert_eq!(code, 200, "{snap}");
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{addr}/v1/dispatch/ws"),
+    )
+    .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("rxtrack.v1, bearer.{viewer}").parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut drivers = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while drivers.len() < 2 {
+        let Got::Json(m) = tokio::time::timeout_at(deadline, next(&mut ws, 15))
+            .await
+            .expect("positions in time")
+        else {
+            panic!("map socket closed");
+        };
+        for d in m["drivers"].as_array().into_iter().flatten() {
+            drivers.insert(d["driver_id"].as_str().unwrap().to_owned());
+        }
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let mut status = None;
+    for _ in 0..150 {
+        if let Ok(Some(s)) = child.try_wait() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(status.expect("exited").success());
+}
