@@ -6,8 +6,14 @@
 //!   speeds, service times, GPS noise and spikes, dead zones released as
 //!   batches, 1 Hz pings.
 //!
+//! - [`run`]: the scenario runner (fixed load): deliveries, routes, patient and
+//!   dispatcher sockets through the public API, the fleet driven in real time.
+//! - [`report`]: latency histograms, counters, the JSON report and summary.
+//!
 //! It speaks only the public protocol (PROTOCOL.md): nothing here links the
-//! server's code. The scenario runner and the load modes are still to come.
+//! server's code. Stepped, idle and churn modes are still to come.
 
+pub mod report;
 pub mod roads;
+pub mod run;
 pub mod sim;

@@ -1,0 +1,76 @@
+//! `loadtest run`: drive a running rxtrack with a simulated fleet and report.
+#![allow(clippy::print_stdout, reason = "a command line prints its report")]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use loadtest::run::{RunConfig, run};
+
+#[derive(Parser)]
+#[command(
+    name = "loadtest",
+    about = "Drive a running rxtrack with a simulated fleet and measure it"
+)]
+struct Cli {
+    /// Base URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Tenant to load.
+    #[arg(long, default_value = "demo")]
+    tenant: String,
+    /// File holding the tenant's HS256 secret (the demo node's is rxtrack-data/demo-tenant.secret).
+    #[arg(long, default_value = "rxtrack-data/demo-tenant.secret")]
+    secret_file: PathBuf,
+    #[arg(long, default_value_t = 50)]
+    drivers: usize,
+    #[arg(long, default_value_t = 3)]
+    stops: usize,
+    /// Seconds of driving.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 1)]
+    dispatchers: usize,
+    /// Do not open a patient socket per delivery.
+    #[arg(long)]
+    no_patients: bool,
+    /// A local server process to sample CPU and memory from.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let secret = std::fs::read(&cli.secret_file)
+        .with_context(|| format!("reading {}", cli.secret_file.display()))?;
+    let secret = String::from_utf8_lossy(&secret)
+        .trim_end()
+        .as_bytes()
+        .to_vec();
+    let report = run(RunConfig {
+        url: cli.url.trim_end_matches('/').to_owned(),
+        tenant: cli.tenant,
+        secret,
+        drivers: cli.drivers,
+        stops_per_driver: cli.stops,
+        duration: Duration::from_secs(cli.duration),
+        seed: cli.seed,
+        dispatchers: cli.dispatchers,
+        patients: !cli.no_patients,
+        server_pid: cli.server_pid,
+    })
+    .await?;
+    print!("{}", report.table());
+    if let Some(p) = cli.report {
+        std::fs::write(&p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! Measurements: latency histograms, counters, the machine-readable report
+//! and the summary table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// A latency recorder in microseconds (1 µs to 60 s, 3 significant digits).
+#[derive(Debug, Clone)]
+pub struct Latency {
+    hist: Histogram<u64>,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self {
+            hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant, valid bounds"),
+        }
+    }
+}
+
+/// Percentiles of one latency, milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    /// Records one latency, microseconds (clamped into the histogram's range).
+    pub fn record_us(&mut self, us: u64) {
+        let _ = self.hist.record(us.clamp(1, 60_000_000));
+    }
+
+    pub fn merge(&mut self, other: &Latency) {
+        let _ = self.hist.add(&other.hist);
+    }
+
+    #[must_use]
+    pub fn percentiles(&self) -> Percentiles {
+        let ms = |q: f64| self.hist.value_at_quantile(q) as f64 / 1000.0;
+        Percentiles {
+            count: self.hist.len(),
+            p50_ms: ms(0.50),
+            p90_ms: ms(0.90),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: self.hist.max() as f64 / 1000.0,
+        }
+    }
+}
+
+/// How well the patients' windows predicted the real arrival, by how far
+/// ahead the window was shown (5-minute buckets).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EtaBucket {
+    pub windows: u64,
+    pub contained: u64,
+    pub mean_abs_error_s: f64,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Report {
+    pub duration_s: f64,
+    pub drivers: usize,
+    pub deliveries: usize,
+    pub patients: usize,
+    pub dispatchers: usize,
+    pub pings_sent: u64,
+    pub pings_acked: u64,
+    pub pings_per_s_acked: f64,
+    pub ack: Option<Percentiles>,
+    pub ping_to_dispatcher: Option<Percentiles>,
+    pub ping_to_patient: Option<Percentiles>,
+    pub messages_received: u64,
+    pub messages_per_s: f64,
+    pub errors: BTreeMap<String, u64>,
+    pub closes: BTreeMap<String, u64>,
+    /// Patient messages that carried anything but the allowed keys.
+    pub exposure_violations: u64,
+    pub statuses_out_of_order: u64,
+    pub server_cpu_percent: Option<f64>,
+    pub server_rss_kib: Option<u64>,
+    pub eta_by_minutes_ahead: BTreeMap<String, EtaBucket>,
+}
+
+fn row(name: &str, p: Option<&Percentiles>) -> String {
+    match p {
+        Some(p) if p.count > 0 => format!(
+            "{name:<22} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
+            p.count, p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms
+        ),
+        _ => format!("{name:<22} {:>9}\n", 0),
+    }
+}
+
+impl Report {
+    /// The human-readable summary.
+    #[must_use]
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} drivers, {} deliveries, {} patient and {} dispatcher sockets, {:.0} s",
+            self.drivers, self.deliveries, self.patients, self.dispatchers, self.duration_s
+        );
+        let _ = writeln!(
+            s,
+            "pings sent {} acked {} ({:.0}/s); messages received {} ({:.0}/s)",
+            self.pings_sent,
+            self.pings_acked,
+            self.pings_per_s_acked,
+            self.messages_received,
+            self.messages_per_s
+        );
+        s.push_str(
+            "latency                    count    p50 ms    p90 ms    p99 ms  p99.9 ms    max ms\n",
+        );
+        s.push_str(&row("ack", self.ack.as_ref()));
+        s.push_str(&row("ping to dispatcher", self.ping_to_dispatcher.as_ref()));
+        s.push_str(&row("change to patient", self.ping_to_patient.as_ref()));
+        let _ = writeln!(
+            s,
+            "errors {:?}; closes {:?}; exposure violations {}; statuses out of order {}",
+            self.errors, self.closes, self.exposure_violations, self.statuses_out_of_order
+        );
+        if let (Some(cpu), Some(rss)) = (self.server_cpu_percent, self.server_rss_kib) {
+            let _ = writeln!(s, "server: {cpu:.0}% of one core, {rss} KiB resident");
+        }
+        for (bucket, b) in &self.eta_by_minutes_ahead {
+            let _ = writeln!(
+                s,
+                "ETA {bucket} min ahead: {} windows, {:.0}% contained the arrival, mean error {:.0} s",
+                b.windows,
+                100.0 * b.contained as f64 / b.windows.max(1) as f64,
+                b.mean_abs_error_s
+            );
+        }
+        s
+    }
+}
+
+/// CPU ticks (user + system) and resident memory of a local process, from /proc.
+#[must_use]
+pub fn proc_sample(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((ticks, rss))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_recorded_sample() {
+        let mut l = Latency::default();
+        // 1..=1000 ms.
+        for ms in 1..=1000u64 {
+            l.record_us(ms * 1000);
+        }
+        let p = l.percentiles();
+        assert_eq!(p.count, 1000);
+        assert!((p.p50_ms - 500.0).abs() <= 1.0, "{p:?}");
+        assert!((p.p90_ms - 900.0).abs() <= 1.0, "{p:?}");
+        assert!((p.p99_ms - 990.0).abs() <= 1.0, "{p:?}");
+        assert!((p.p999_ms - 999.0).abs() <= 1.0, "{p:?}");
+        assert!((p.max_ms - 1000.0).abs() <= 1.0, "{p:?}");
+        let mut other = Latency::default();
+        other.record_us(5_000_000);
+        l.merge(&other);
+        assert_eq!(l.percentiles().count, 1001);
+        assert!(l.percentiles().max_ms >= 4990.0);
+    }
+
+    #[test]
+    fn proc_samples_read_this_process() {
+        let (ticks, rss) = proc_sample(std::process::id()).unwrap();
+        assert!(rss > 0);
+        let _ = ticks;
+    }
+}

@@ -1,0 +1,523 @@
+//! The scenario runner (fixed load): creates deliveries and routes through
+//! the API with minted tokens, opens patient tracking sockets and dispatcher
+//! streams, drives the fleet in real time, and measures what comes back.
+//! Only the public protocol is used.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::report::{EtaBucket, Latency, Report, proc_sample};
+use crate::roads::RoadGraph;
+use crate::sim::{Fleet, Out, SimConfig};
+
+/// Central Helsinki's streets (© OpenStreetMap contributors, `ODbL` 1.0).
+pub const HELSINKI: &[u8] = include_bytes!("../data/helsinki-center.osm.pbf");
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Base URL of the server, e.g. `http://127.0.0.1:8080`.
+    pub url: String,
+    pub tenant: String,
+    /// The tenant's HS256 secret, to mint tokens as its backend would.
+    pub secret: Vec<u8>,
+    pub drivers: usize,
+    pub stops_per_driver: usize,
+    pub duration: Duration,
+    pub seed: u64,
+    /// Dispatcher streams to open.
+    pub dispatchers: usize,
+    /// Whether to open one patient socket per delivery.
+    pub patients: bool,
+    /// A local server process to sample CPU and memory from.
+    pub server_pid: Option<u32>,
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(0)
+}
+
+/// Mints an HS256 token, as a tenant's backend does.
+#[must_use]
+pub fn mint(secret: &[u8], claims: &Value) -> String {
+    let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let p = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signed = format!("{h}.{p}");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    format!(
+        "{signed}.{}",
+        URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, signed.as_bytes()).as_ref())
+    )
+}
+
+fn claims(tenant: &str, role: &str, sub: &str, device: Option<&str>, ttl_s: i64) -> Value {
+    let now = now_ms() / 1000;
+    let mut c = json!({"tid": tenant, "sub": sub, "role": role, "aud": "rxtrack", "iat": now, "exp": now + ttl_s, "auth_time": now});
+    if let Some(d) = device {
+        c["did"] = json!(d);
+    }
+    c
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(ws_base: &str, path: &str, token: Option<&str>) -> anyhow::Result<Ws> {
+    let mut req = format!("{ws_base}{path}").into_client_request()?;
+    if let Some(t) = token {
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(&format!("rxtrack.v1, bearer.{t}"))?,
+        );
+    }
+    Ok(tokio_tungstenite::connect_async(req).await?.0)
+}
+
+/// Shared measurements, written by the reader tasks.
+#[derive(Default)]
+struct Shared {
+    /// Send time of each ping, by (driver, device ts).
+    sent_by_ts: HashMap<(usize, i64), Instant>,
+    ack: Latency,
+    dispatcher: Latency,
+    patient: Latency,
+    acked: u64,
+    messages: u64,
+    errors: BTreeMap<String, u64>,
+    closes: BTreeMap<String, u64>,
+    violations: u64,
+    out_of_order: u64,
+    /// Windows patients saw: delivery index → (receive time ms, from, to).
+    windows: HashMap<usize, Vec<(i64, i64, i64)>>,
+}
+
+const STATUS_ORDER: [&str; 7] = [
+    "scheduled",
+    "en_route",
+    "approaching",
+    "arrived",
+    "delivered",
+    "failed",
+    "cancelled",
+];
+
+fn lock(s: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    s.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn close_code(msg: &Message) -> Option<String> {
+    match msg {
+        Message::Close(Some(f)) => Some(u16::from(f.code).to_string()),
+        Message::Close(None) => Some("none".into()),
+        _ => None,
+    }
+}
+
+/// Runs the scenario and returns its report.
+pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
+    let graph = RoadGraph::from_pbf_bytes(HELSINKI, "helsinki-center.osm.pbf")?;
+    let start = now_ms();
+    let sim = SimConfig {
+        drivers: cfg.drivers,
+        stops_per_driver: cfg.stops_per_driver,
+        ..SimConfig::default()
+    };
+    let mut fleet = Fleet::new(&graph, sim, cfg.seed, start);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let ws_base = cfg.url.replacen("http://", "ws://", 1);
+    let dispatcher = mint(
+        &cfg.secret,
+        &claims(&cfg.tenant, "dispatcher", "loadtest", None, 3600),
+    );
+    let run_id = start % 1_000_000;
+
+    // Deliveries and routes, through the API.
+    let (links, delivery_of) = create_deliveries(&cfg, &http, &dispatcher, &fleet, run_id).await?;
+
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let mut tasks = Vec::new();
+
+    // Dispatchers: positions arrive batched; each is matched to its ping.
+    for _ in 0..cfg.dispatchers {
+        let ws = connect(&ws_base, "/v1/dispatch/ws", Some(&dispatcher)).await?;
+        tasks.push(tokio::spawn(read_dispatcher(ws, shared.clone())));
+    }
+
+    // Patients: only allowed keys, statuses in order; windows kept for ETA quality.
+    if cfg.patients {
+        for (n, (_, token)) in links.iter().enumerate() {
+            let ws = connect(&ws_base, &format!("/v1/track/{token}/ws"), None).await?;
+            tasks.push(tokio::spawn(read_patient(ws, n, shared.clone())));
+        }
+    }
+
+    // Drivers: a writer here, a reader task each for acks and errors.
+    let mut writers = Vec::new();
+    let sent_at: Arc<Mutex<Vec<Vec<Option<Instant>>>>> =
+        Arc::new(Mutex::new(vec![Vec::new(); fleet.drivers.len()]));
+    for d in &fleet.drivers {
+        let token = mint(
+            &cfg.secret,
+            &claims(
+                &cfg.tenant,
+                "driver",
+                &format!("lt-d{}", d.index),
+                Some(&format!("lt-p{}", d.index)),
+                3600,
+            ),
+        );
+        let ws = connect(&ws_base, "/v1/driver/ws", Some(&token)).await?;
+        let (tx, rx) = ws.split();
+        writers.push(tx);
+        let (shared, sent_at, i) = (shared.clone(), sent_at.clone(), d.index);
+        tasks.push(tokio::spawn(read_driver(rx, i, shared, sent_at)));
+    }
+
+    let cpu_before = cfg.server_pid.and_then(proc_sample);
+    let began = Instant::now();
+    let mut pings_sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while began.elapsed() < cfg.duration {
+        tick.tick().await;
+        let now = now_ms();
+        for (i, out) in fleet.step(now) {
+            pings_sent += send(i, out, &sent_at, &shared, &mut writers[i]).await;
+        }
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+    let cpu_after = cfg.server_pid.and_then(proc_sample);
+    // Let the last acks and fan-out arrive.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for w in &mut writers {
+        let _ = w.close().await;
+    }
+    for t in &tasks {
+        t.abort();
+    }
+
+    let s = lock(&shared);
+    let eta = eta_quality(&s.windows, &links, &delivery_of, &fleet);
+    let server_cpu_percent = cpu_percent(cpu_before, cpu_after, elapsed);
+    let pct = |l: &Latency| Some(l.percentiles()).filter(|p| p.count > 0);
+    Ok(Report {
+        duration_s: elapsed,
+        drivers: fleet.drivers.len(),
+        deliveries: links.len(),
+        patients: if cfg.patients { links.len() } else { 0 },
+        dispatchers: cfg.dispatchers,
+        pings_sent,
+        pings_acked: s.acked,
+        pings_per_s_acked: s.acked as f64 / elapsed,
+        ack: pct(&s.ack),
+        ping_to_dispatcher: pct(&s.dispatcher),
+        ping_to_patient: pct(&s.patient),
+        messages_received: s.messages,
+        messages_per_s: s.messages as f64 / elapsed,
+        errors: s.errors.clone(),
+        closes: s.closes.clone(),
+        exposure_violations: s.violations,
+        statuses_out_of_order: s.out_of_order,
+        server_cpu_percent,
+        server_rss_kib: cpu_after.map(|(_, rss)| rss),
+        eta_by_minutes_ahead: eta,
+    })
+}
+
+async fn read_dispatcher(mut ws: Ws, shared: Arc<Mutex<Shared>>) {
+    while let Some(Ok(m)) = ws.next().await {
+        let now = Instant::now();
+        if let Some(code) = close_code(&m) {
+            *lock(&shared)
+                .closes
+                .entry(format!("dispatcher {code}"))
+                .or_default() += 1;
+            break;
+        }
+        let Message::Text(t) = m else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+            continue;
+        };
+        let mut s = lock(&shared);
+        s.messages += 1;
+        for p in v["drivers"].as_array().into_iter().flatten() {
+            let idx = p["driver_id"]
+                .as_str()
+                .and_then(|d| d.strip_prefix("lt-d"))
+                .and_then(|d| d.parse().ok());
+            if let (Some(i), Some(ts)) = (idx, p["ts"].as_i64())
+                && let Some(sent) = s.sent_by_ts.get(&(i, ts)).copied()
+            {
+                s.dispatcher.record_us(
+                    u64::try_from(now.duration_since(sent).as_micros()).unwrap_or(u64::MAX),
+                );
+            }
+        }
+    }
+}
+
+async fn read_patient(mut ws: Ws, n: usize, shared: Arc<Mutex<Shared>>) {
+    let mut last = 0usize;
+    let mut first = true;
+    while let Some(Ok(m)) = ws.next().await {
+        if let Some(code) = close_code(&m) {
+            *lock(&shared)
+                .closes
+                .entry(format!("patient {code}"))
+                .or_default() += 1;
+            break;
+        }
+        let Message::Text(t) = m else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+            continue;
+        };
+        let recv = now_ms();
+        let mut s = lock(&shared);
+        s.messages += 1;
+        let allowed = ["status", "stops_before", "eta", "updating", "updated_at"];
+        if v.as_object()
+            .is_none_or(|o| o.keys().any(|k| !allowed.contains(&k.as_str())))
+        {
+            s.violations += 1;
+        }
+        let rank = STATUS_ORDER
+            .iter()
+            .position(|x| v["status"] == *x)
+            .unwrap_or(0);
+        if rank < last {
+            s.out_of_order += 1;
+        }
+        last = last.max(rank);
+        // The first message is the snapshot as it stood; later ones are
+        // changes, timed from when the server made them.
+        if let Some(u) = v["updated_at"].as_i64().filter(|_| !first) {
+            s.patient
+                .record_us(u64::try_from((recv - u).max(0) * 1000).unwrap_or(0));
+        }
+        first = false;
+        if let (Some(from), Some(to)) = (v["eta"]["from"].as_i64(), v["eta"]["to"].as_i64()) {
+            s.windows.entry(n).or_default().push((recv, from, to));
+        }
+    }
+}
+
+/// How often the windows patients saw contained the real arrival, and by
+/// how much their middles missed it, by minutes ahead (5-minute buckets).
+fn eta_quality(
+    windows: &HashMap<usize, Vec<(i64, i64, i64)>>,
+    links: &[(usize, String)],
+    delivery_of: &[Vec<usize>],
+    fleet: &Fleet,
+) -> BTreeMap<String, EtaBucket> {
+    let mut eta: BTreeMap<String, EtaBucket> = BTreeMap::new();
+    for (n, seen) in windows {
+        let (driver, _) = links[*n];
+        let k = delivery_of[driver].iter().position(|x| x == n).unwrap_or(0);
+        let Some(Some(arrival)) = fleet.drivers[driver].arrivals.get(k) else {
+            continue;
+        };
+        for &(recv, from, to) in seen.iter().filter(|w| w.0 < *arrival) {
+            let ahead = (arrival - recv) / 300_000 * 5;
+            let b = eta.entry(format!("{ahead:>3}-{}", ahead + 5)).or_default();
+            let err = (i64::midpoint(from, to) - arrival).abs() as f64 / 1000.0;
+            b.mean_abs_error_s =
+                (b.mean_abs_error_s * b.windows as f64 + err) / (b.windows + 1) as f64;
+            b.windows += 1;
+            if (from..=to).contains(arrival) {
+                b.contained += 1;
+            }
+        }
+    }
+    eta
+}
+
+/// Creates each driver's deliveries and route through the API; returns the
+/// tracking tokens (with their driver) and each driver's delivery indices.
+async fn create_deliveries(
+    cfg: &RunConfig,
+    http: &reqwest::Client,
+    dispatcher: &str,
+    fleet: &Fleet,
+    run_id: i64,
+) -> anyhow::Result<(Vec<(usize, String)>, Vec<Vec<usize>>)> {
+    let mut links: Vec<(usize, String)> = Vec::new();
+    let mut delivery_of: Vec<Vec<usize>> = Vec::new();
+    for d in &fleet.drivers {
+        let mut stops = Vec::new();
+        let mut mine = Vec::new();
+        for (k, drop) in d.dropoffs.iter().enumerate() {
+            let id = format!("lt-{run_id}-{}-{k}", d.index);
+            let body = json!({"id": id,
+                "pickup": {"lat": d.pickup.0, "lng": d.pickup.1, "radius_m": 60},
+                "dropoff": {"lat": drop.0, "lng": drop.1, "radius_m": 40},
+                "recipient": {"first_name": "Load"}});
+            let res = http
+                .post(format!("{}/v1/deliveries", cfg.url))
+                .bearer_auth(dispatcher)
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                res.status().as_u16() == 201,
+                "creating a delivery: {}",
+                res.status()
+            );
+            let created: Value = res.json().await?;
+            let token = created["tracking_url"]
+                .as_str()
+                .unwrap_or("")
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            mine.push(links.len());
+            links.push((d.index, token));
+            stops.push(id);
+        }
+        let res = http
+            .put(format!("{}/v1/drivers/lt-d{}/route", cfg.url, d.index))
+            .bearer_auth(dispatcher)
+            .json(&json!({"stops": stops}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            res.status().is_success(),
+            "assigning a route: {}",
+            res.status()
+        );
+        delivery_of.push(mine);
+    }
+
+    Ok((links, delivery_of))
+}
+
+/// Reads a driver's acks (timing every ping they cover) and errors.
+async fn read_driver(
+    mut rx: futures_util::stream::SplitStream<Ws>,
+    i: usize,
+    shared: Arc<Mutex<Shared>>,
+    sent_at: Arc<Mutex<Vec<Vec<Option<Instant>>>>>,
+) {
+    let mut acked = 0u64;
+    while let Some(Ok(m)) = rx.next().await {
+        let now = Instant::now();
+        if let Some(code) = close_code(&m) {
+            *lock(&shared)
+                .closes
+                .entry(format!("driver {code}"))
+                .or_default() += 1;
+            break;
+        }
+        let Message::Text(t) = m else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+            continue;
+        };
+        match v["type"].as_str() {
+            Some("ack") => {
+                let seq = v["seq"].as_u64().unwrap_or(0);
+                let sent: Vec<Instant> = {
+                    let mut all = sent_at.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mine = &mut all[i];
+                    (acked + 1..=seq)
+                        .filter_map(|q| {
+                            mine.get_mut(usize::try_from(q).unwrap_or(usize::MAX))
+                                .and_then(Option::take)
+                        })
+                        .collect()
+                };
+                acked = acked.max(seq);
+                let mut s = lock(&shared);
+                for t in sent {
+                    s.ack.record_us(
+                        u64::try_from(now.duration_since(t).as_micros()).unwrap_or(u64::MAX),
+                    );
+                    s.acked += 1;
+                }
+            }
+            Some("error") => {
+                let code = v["code"].as_str().unwrap_or("?").to_owned();
+                *lock(&shared).errors.entry(code).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+}
+
+type Writer = futures_util::stream::SplitSink<Ws, Message>;
+
+/// Records the send time of each ping in `out`, then sends it; returns how
+/// many pings went.
+async fn send(
+    i: usize,
+    out: Out,
+    sent_at: &Mutex<Vec<Vec<Option<Instant>>>>,
+    shared: &Mutex<Shared>,
+    writer: &mut Writer,
+) -> u64 {
+    let pings = match &out {
+        Out::Ping(p) => std::slice::from_ref(p),
+        Out::Batch(b) => b.as_slice(),
+    };
+    let sent = Instant::now();
+    {
+        let mut all = sent_at.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = &mut all[i];
+        let mut s = lock(shared);
+        for p in pings {
+            let seq = usize::try_from(p.seq).unwrap_or(0);
+            if mine.len() <= seq {
+                mine.resize(seq + 1, None);
+            }
+            mine[seq] = Some(sent);
+            s.sent_by_ts.insert((i, p.ts), sent);
+        }
+    }
+    let n = pings.len() as u64;
+    let msg = match out {
+        Out::Ping(p) => {
+            json!({"type": "ping", "seq": p.seq, "ts": p.ts, "lat": p.lat, "lng": p.lng,
+            "acc": p.acc, "speed": p.speed, "heading": p.heading})
+        }
+        Out::Batch(b) => json!({"type": "batch", "pings": b}),
+    };
+    if writer
+        .send(Message::Text(msg.to_string().into()))
+        .await
+        .is_err()
+    {
+        *lock(shared).errors.entry("send failed".into()).or_default() += 1;
+    }
+    n
+}
+
+/// Share of one core the server used between two samples, percent.
+fn cpu_percent(
+    before: Option<(u64, u64)>,
+    after: Option<(u64, u64)>,
+    elapsed_s: f64,
+) -> Option<f64> {
+    // Linux reports CPU time in clock ticks of 1/100 s (USER_HZ).
+    const TICKS_PER_S: f64 = 100.0;
+    match (before, after) {
+        (Some((a, _)), Some((b, _))) => {
+            Some(b.saturating_sub(a) as f64 / TICKS_PER_S / elapsed_s * 100.0)
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,44 @@
+//! A short load scenario against the real server: every acknowledged ping is
+//! accounted for, dispatchers see positions, patients see only what they may,
+//! in order, and nothing is refused or closed.
+#![allow(
+    clippy::unwrap_used,
+    reason = "helpers of a test fail the test by panicking"
+)]
+
+use std::time::Duration;
+
+use loadtest::run::{RunConfig, run};
+use rxtrack_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_fixed_load_passes_its_end_to_end_checks() {
+    let s = Server::start_with("[limits]\nlink_lookup_burst = 100000\n", &[]);
+    let report = run(RunConfig {
+        url: s.url(""),
+        tenant: "acme".into(),
+        secret: ACME_SECRET.as_bytes().to_vec(),
+        drivers: 8,
+        stops_per_driver: 2,
+        duration: Duration::from_secs(5),
+        seed: 3,
+        dispatchers: 1,
+        patients: true,
+        server_pid: None,
+    })
+    .await
+    .unwrap();
+    assert!(report.pings_sent >= 8 * 4, "{report:?}");
+    assert_eq!(report.pings_acked, report.pings_sent, "{}", report.table());
+    let ack = report.ack.unwrap();
+    assert_eq!(ack.count, report.pings_sent);
+    assert!(ack.p50_ms > 0.0 && ack.p50_ms <= ack.p99_ms && ack.p99_ms <= ack.max_ms);
+    assert!(report.ping_to_dispatcher.unwrap().count > 0);
+    assert_eq!(report.patients, 16);
+    assert_eq!(report.exposure_violations, 0);
+    assert_eq!(report.statuses_out_of_order, 0);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.closes.is_empty(), "{:?}", report.closes);
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["ack"]["p99_ms"].as_f64().is_some());
+}
