@@ -401,6 +401,21 @@ async fn create_deliveries(
             "assigning a route: {}",
             res.status()
         );
+        // The pharmacy hands everything over at once, so patients follow a
+        // live ETA from the first second of the run.
+        for id in &stops {
+            let res = http
+                .post(format!("{}/v1/deliveries/{id}/status", cfg.url))
+                .bearer_auth(dispatcher)
+                .json(&json!({"status": "picked_up"}))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                res.status().is_success(),
+                "marking picked up: {}",
+                res.status()
+            );
+        }
         delivery_of.push(mine);
     }
 

@@ -30,16 +30,17 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use crate::api::ApiError;
 use crate::app::App;
 use crate::auth::{Principal, Role};
-use crate::log::Event;
+use crate::log::{Event, EventKind};
 use crate::protocol::Fix;
 use crate::types::SubjectId;
 use crate::ws::{self, Socket, close};
 
 /// How often a socket sends the positions that changed.
 pub const POSITION_INTERVAL: Duration = Duration::from_millis(200);
-/// Events a socket may have queued before it counts as too slow. At a
-/// busy tenant's few events a second, this is minutes of backlog.
-pub const EVENT_QUEUE: usize = 512;
+/// Events a socket may have queued before it counts as too slow: room for
+/// a burst such as thousands of patients opening their links at once (each
+/// a `link.opened` event), at 16 bytes a queued message.
+pub const EVENT_QUEUE: usize = 8192;
 /// Most cells in one viewport message.
 pub const MAX_VIEWPORT_CELLS: usize = 2000;
 /// Largest message a dispatcher may send (a full viewport is about 40 KiB).
@@ -227,6 +228,13 @@ pub fn publish_events(app: &App, tenant: &crate::deliveries::Tenant, events: &[E
         }
         let dropped = hub.publish(&Utf8Bytes::from(v.to_string()));
         app.metrics.slow_closes.inc_by(dropped as u64);
+        // Only events that change a delivery warrant a delivery message.
+        if matches!(
+            e.kind,
+            EventKind::LinkOpened | EventKind::LinkRevoked | EventKind::LogExported
+        ) {
+            continue;
+        }
         let Some(id) = e
             .delivery_id
             .as_deref()
