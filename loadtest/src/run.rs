@@ -122,7 +122,7 @@ fn lock(s: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 
 fn close_code(msg: &Message) -> Option<String> {
     match msg {
-        Message::Close(Some(f)) => Some(u16::from(f.code).to_string()),
+        Message::Close(Some(f)) => Some(format!("{} {}", u16::from(f.code), f.reason)),
         Message::Close(None) => Some("none".into()),
         _ => None,
     }

@@ -632,7 +632,7 @@ async fn driver_ws(State(app): State<Arc<App>>, mut req: Request) -> ApiResult<R
     let hs = crate::ws::handshake(&mut req)?;
     let permit = app.socket_permit()?;
     let auth = app.verify_presented(hs.token.as_deref());
-    let cfg = crate::ws::config(app.config.limits.max_message_bytes);
+    let cfg = crate::ws::config(app.config.limits.max_message_bytes, crate::ws::SMALL_WRITES);
     let app2 = app.clone();
     app.tracker.spawn(async move {
         if let Some(ws) = crate::ws::accept(hs.on_upgrade, cfg).await {

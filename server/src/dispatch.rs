@@ -266,7 +266,7 @@ pub async fn socket(State(app): State<Arc<App>>, mut req: Request) -> Result<Res
     let hs = ws::handshake(&mut req)?;
     let auth = app.verify_presented(hs.token.as_deref());
     let permit = app.socket_permit()?;
-    let cfg = ws::config(DISPATCH_MAX_MESSAGE);
+    let cfg = ws::config(DISPATCH_MAX_MESSAGE, ws::LARGE_WRITES);
     let app2 = app.clone();
     app.tracker.spawn(async move {
         if let Some(mut sock) = ws::accept(hs.on_upgrade, cfg).await {
@@ -333,7 +333,7 @@ async fn serve(app: &App, sock: &mut Socket, p: &Principal) -> Option<(u16, &'st
     let mut events = hub.subscribe();
     let (snap, mut seen) = snapshot(app, p, hub);
     if !ws::send_text(sock, snap.into()).await {
-        return Some((close::SLOW, "write timed out"));
+        return Some((close::SLOW, "could not send the snapshot"));
     }
     let mut viewport: Option<Viewport> = None;
     let mut tick = tokio::time::interval(POSITION_INTERVAL);

@@ -131,7 +131,7 @@ pub async fn socket(
     let hs = ws::handshake(&mut req)?;
     let (text, rx, tenant, _id, hash) = open(&app, &peer, &token).await?;
     let permit = app.socket_permit()?;
-    let cfg = ws::config(PATIENT_MAX_MESSAGE);
+    let cfg = ws::config(PATIENT_MAX_MESSAGE, ws::SMALL_WRITES);
     let app2 = app.clone();
     app.tracker.spawn(async move {
         if let Some(mut sock) = ws::accept(hs.on_upgrade, cfg).await {

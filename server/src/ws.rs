@@ -55,13 +55,23 @@ pub mod close {
     pub const SLOW: u16 = 4410;
 }
 
-/// The tungstenite configuration for every server socket.
+/// Largest message the server sends on driver and patient sockets (acks,
+/// errors, snapshots are far smaller).
+pub const SMALL_WRITES: usize = 64 * 1024;
+/// Largest message the server sends to a dispatcher: a snapshot of a large
+/// tenant or a frame of thousands of positions. It caps a transient buffer;
+/// nothing is allocated until such a message is sent.
+pub const LARGE_WRITES: usize = 16 * 1024 * 1024;
+
+/// The tungstenite configuration for a server socket: the largest message
+/// it accepts, and the largest it may have to send (tungstenite refuses to
+/// send a message bigger than its write buffer cap).
 #[must_use]
-pub fn config(max_message_bytes: usize) -> WebSocketConfig {
+pub fn config(max_message_bytes: usize, max_write_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
-        .max_write_buffer_size(64 * 1024)
+        .max_write_buffer_size(max_write_bytes)
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))
 }

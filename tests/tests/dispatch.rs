@@ -161,3 +161,29 @@ async fn dispatchers_see_their_tenant_live_and_nothing_else() {
     let mut none = ws_connect(&s, "/v1/dispatch/ws", "", Present::None).await;
     assert_eq!(close_code(&mut none, 5).await, Some(4001));
 }
+
+#[tokio::test]
+async fn a_large_tenant_still_gets_its_snapshot() {
+    let s = Server::start();
+    let disp = staff("acme", "dispatcher", "alice");
+    let client = http();
+    for i in 0..250 {
+        let (code, _) = call(
+            client
+                .post(s.url("/v1/deliveries"))
+                .bearer_auth(&disp)
+                .json(&delivery_body(&format!("rx-{i}"))),
+        )
+        .await;
+        assert_eq!(code, 201);
+    }
+    let mut a = ws_connect(&s, "/v1/dispatch/ws", &disp, Present::Subprotocol).await;
+    let Got::Json(snap) = next(&mut a, 10).await else {
+        panic!("no snapshot")
+    };
+    assert_eq!(snap["deliveries"].as_array().unwrap().len(), 250);
+    assert!(
+        snap.to_string().len() > 64 * 1024,
+        "the snapshot is larger than a small write buffer"
+    );
+}

@@ -35,7 +35,11 @@ async fn a_short_fixed_load_passes_its_end_to_end_checks() {
     assert!(ack.p50_ms > 0.0 && ack.p50_ms <= ack.p99_ms && ack.p99_ms <= ack.max_ms);
     assert!(report.ping_to_dispatcher.unwrap().count > 0);
     // Deliveries start en route, so the first fixes turn "updating" into ETA windows.
-    assert!(report.ping_to_patient.unwrap().count > 0, "{}", report.table());
+    assert!(
+        report.ping_to_patient.unwrap().count > 0,
+        "{}",
+        report.table()
+    );
     assert_eq!(report.patients, 16);
     assert_eq!(report.exposure_violations, 0);
     assert_eq!(report.statuses_out_of_order, 0);
