@@ -43,6 +43,13 @@ struct Cli {
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Idle mode: hold this many patient sockets open and report the
+    /// server's memory per socket (needs --server-pid) instead of driving.
+    #[arg(long)]
+    idle_sockets: Option<usize>,
+    /// Idle mode: spread client sockets over 127.0.0.1 ..= 127.0.0.N.
+    #[arg(long, default_value_t = 8)]
+    sources: u8,
 }
 
 #[tokio::main]
@@ -54,6 +61,30 @@ async fn main() -> anyhow::Result<()> {
         .trim_end()
         .as_bytes()
         .to_vec();
+    if let Some(sockets) = cli.idle_sockets {
+        let pid = cli.server_pid.context("idle mode needs --server-pid")?;
+        let report = loadtest::idle::run(loadtest::idle::IdleConfig {
+            url: cli.url.trim_end_matches('/').to_owned(),
+            tenant: cli.tenant,
+            secret,
+            sockets,
+            sources: cli.sources,
+            settle: Duration::from_secs(3),
+            server_pid: pid,
+        })
+        .await?;
+        println!(
+            "{} idle patient sockets: server RSS {} KiB -> {} KiB, {:.0} bytes per socket",
+            report.sockets_open,
+            report.rss_before_kib,
+            report.rss_after_kib,
+            report.bytes_per_socket
+        );
+        if let Some(p) = cli.report {
+            std::fs::write(&p, serde_json::to_string_pretty(&report)?)?;
+        }
+        return Ok(());
+    }
     let report = run(RunConfig {
         url: cli.url.trim_end_matches('/').to_owned(),
         tenant: cli.tenant,

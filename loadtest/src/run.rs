@@ -65,7 +65,9 @@ pub fn mint(secret: &[u8], claims: &Value) -> String {
     )
 }
 
-fn claims(tenant: &str, role: &str, sub: &str, device: Option<&str>, ttl_s: i64) -> Value {
+/// Standard claims for a role, valid for `ttl_s` seconds.
+#[must_use]
+pub fn claims_for(tenant: &str, role: &str, sub: &str, device: Option<&str>, ttl_s: i64) -> Value {
     let now = now_ms() / 1000;
     let mut c = json!({"tid": tenant, "sub": sub, "role": role, "aud": "rxtrack", "iat": now, "exp": now + ttl_s, "auth_time": now});
     if let Some(d) = device {
@@ -144,7 +146,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let ws_base = cfg.url.replacen("http://", "ws://", 1);
     let dispatcher = mint(
         &cfg.secret,
-        &claims(&cfg.tenant, "dispatcher", "loadtest", None, 3600),
+        &claims_for(&cfg.tenant, "dispatcher", "loadtest", None, 3600),
     );
     let run_id = start % 1_000_000;
 
@@ -175,7 +177,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     for d in &fleet.drivers {
         let token = mint(
             &cfg.secret,
-            &claims(
+            &claims_for(
                 &cfg.tenant,
                 "driver",
                 &format!("lt-d{}", d.index),

@@ -236,6 +236,11 @@ impl Server {
         Err(self.output())
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// The base URL.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)

@@ -48,3 +48,21 @@ async fn a_short_fixed_load_passes_its_end_to_end_checks() {
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["ack"]["p99_ms"].as_f64().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_mode_holds_sockets_from_several_source_addresses() {
+    let s = Server::start_with("[limits]\nlink_lookup_burst = 100000\n", &[]);
+    let report = loadtest::idle::run(loadtest::idle::IdleConfig {
+        url: s.url(""),
+        tenant: "acme".into(),
+        secret: ACME_SECRET.as_bytes().to_vec(),
+        sockets: 24,
+        sources: 3,
+        settle: Duration::from_millis(300),
+        server_pid: s.pid(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.sockets_open, 24);
+    assert!(report.rss_after_kib > 0 && report.bytes_per_socket.is_finite());
+}
