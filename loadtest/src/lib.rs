@@ -9,13 +9,15 @@
 //! - [`run`]: the scenario runner (fixed load): deliveries, routes, patient and
 //!   dispatcher sockets through the public API, the fleet driven in real time.
 //! - [`idle`]: idle mode: many open patient sockets, server memory per socket.
+//! - [`stepped`]: stepped mode's verdict on each load.
 //! - [`report`]: latency histograms, counters, the JSON report and summary.
 //!
 //! It speaks only the public protocol (PROTOCOL.md): nothing here links the
-//! server's code. Stepped and churn modes are still to come.
+//! server's code. The churn mode is still to come.
 
 pub mod idle;
 pub mod report;
 pub mod roads;
 pub mod run;
 pub mod sim;
+pub mod stepped;

@@ -50,6 +50,13 @@ struct Cli {
     /// Idle mode: spread client sockets over 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, default_value_t = 8)]
     sources: u8,
+    /// Stepped mode: after each run that holds, add this many drivers and
+    /// run again, until one fails (p99 change-to-patient over 50 ms, more
+    /// than 0.1% of pings unacknowledged, or sockets closed) or --max-drivers.
+    #[arg(long)]
+    step: Option<usize>,
+    #[arg(long, default_value_t = 20_000)]
+    max_drivers: usize,
 }
 
 #[tokio::main]
@@ -82,6 +89,50 @@ async fn main() -> anyhow::Result<()> {
         );
         if let Some(p) = cli.report {
             std::fs::write(&p, serde_json::to_string_pretty(&report)?)?;
+        }
+        return Ok(());
+    }
+    if let Some(step) = cli.step {
+        let mut drivers = cli.drivers;
+        let mut steps = Vec::new();
+        let mut held = None;
+        while drivers <= cli.max_drivers {
+            let r = run(RunConfig {
+                url: cli.url.trim_end_matches('/').to_owned(),
+                tenant: cli.tenant.clone(),
+                secret: secret.clone(),
+                drivers,
+                stops_per_driver: cli.stops,
+                duration: Duration::from_secs(cli.duration),
+                seed: cli.seed,
+                dispatchers: cli.dispatchers,
+                patients: !cli.no_patients,
+                server_pid: cli.server_pid,
+            })
+            .await?;
+            let failed = loadtest::stepped::verdict(&r, &loadtest::stepped::Limits::default());
+            println!(
+                "{drivers} drivers: {:.0} pings/s acked, {}",
+                r.pings_per_s_acked,
+                failed.as_deref().unwrap_or("held")
+            );
+            steps.push(loadtest::stepped::Step {
+                drivers,
+                pings_per_s: r.pings_per_s_acked,
+                failed: failed.clone(),
+            });
+            if failed.is_some() {
+                break;
+            }
+            held = Some((drivers, r));
+            drivers += step.max(1);
+        }
+        match &held {
+            Some((d, r)) => println!("last load that held: {d} drivers\n{}", r.table()),
+            None => println!("no load held"),
+        }
+        if let Some(p) = cli.report {
+            std::fs::write(&p, serde_json::to_string_pretty(&steps)?)?;
         }
         return Ok(());
     }
