@@ -13,7 +13,7 @@
 //! - [`report`]: latency histograms, counters, the JSON report and summary.
 //!
 //! It speaks only the public protocol (PROTOCOL.md): nothing here links the
-//! server's code. The churn mode is still to come.
+//! server's code. Churn (`churn_per_s`) runs inside a fixed or stepped run.
 
 pub mod idle;
 pub mod report;

@@ -57,6 +57,9 @@ struct Cli {
     step: Option<usize>,
     #[arg(long, default_value_t = 20_000)]
     max_drivers: usize,
+    /// Churn: open and close this many patient sockets per second during the run.
+    #[arg(long, default_value_t = 0)]
+    churn: usize,
 }
 
 #[tokio::main]
@@ -108,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
                 dispatchers: cli.dispatchers,
                 patients: !cli.no_patients,
                 server_pid: cli.server_pid,
+                churn_per_s: cli.churn,
             })
             .await?;
             let failed = loadtest::stepped::verdict(&r, &loadtest::stepped::Limits::default());
@@ -147,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
         dispatchers: cli.dispatchers,
         patients: !cli.no_patients,
         server_pid: cli.server_pid,
+        churn_per_s: cli.churn,
     })
     .await?;
     print!("{}", report.table());

@@ -85,6 +85,9 @@ pub struct Report {
     pub closes: BTreeMap<String, u64>,
     /// Patient messages that carried anything but the allowed keys.
     pub exposure_violations: u64,
+    /// Churn mode: patient sockets opened and closed during the run, and failures.
+    pub churn_connects: u64,
+    pub churn_failures: u64,
     pub statuses_out_of_order: u64,
     pub server_cpu_percent: Option<f64>,
     pub server_rss_kib: Option<u64>,
@@ -131,6 +134,13 @@ impl Report {
             "errors {:?}; closes {:?}; exposure violations {}; statuses out of order {}",
             self.errors, self.closes, self.exposure_violations, self.statuses_out_of_order
         );
+        if self.churn_connects + self.churn_failures > 0 {
+            let _ = writeln!(
+                s,
+                "churn: {} connects, {} failed",
+                self.churn_connects, self.churn_failures
+            );
+        }
         if let (Some(cpu), Some(rss)) = (self.server_cpu_percent, self.server_rss_kib) {
             let _ = writeln!(s, "server: {cpu:.0}% of one core, {rss} KiB resident");
         }

@@ -40,6 +40,9 @@ pub struct RunConfig {
     pub patients: bool,
     /// A local server process to sample CPU and memory from.
     pub server_pid: Option<u32>,
+    /// Churn: patient sockets opened (snapshot read) and closed per second
+    /// during the run, on top of the steady ones.
+    pub churn_per_s: usize,
 }
 
 fn now_ms() -> i64 {
@@ -104,6 +107,8 @@ struct Shared {
     closes: BTreeMap<String, u64>,
     violations: u64,
     out_of_order: u64,
+    churn_ok: u64,
+    churn_failed: u64,
     /// Windows patients saw: delivery index → (receive time ms, from, to).
     windows: HashMap<usize, Vec<(i64, i64, i64)>>,
 }
@@ -171,27 +176,28 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     }
 
     // Drivers: a writer here, a reader task each for acks and errors.
+    let sent_at: SentAt = Arc::new(Mutex::new(vec![Vec::new(); fleet.drivers.len()]));
     let mut writers = Vec::new();
-    let sent_at: Arc<Mutex<Vec<Vec<Option<Instant>>>>> =
-        Arc::new(Mutex::new(vec![Vec::new(); fleet.drivers.len()]));
     for d in &fleet.drivers {
-        let token = mint(
-            &cfg.secret,
-            &claims_for(
-                &cfg.tenant,
-                "driver",
-                &format!("lt-d{}", d.index),
-                Some(&format!("lt-p{}", d.index)),
-                3600,
-            ),
-        );
-        let ws = connect(&ws_base, "/v1/driver/ws", Some(&token)).await?;
-        let (tx, rx) = ws.split();
+        let (tx, reader) = connect_driver(&cfg, &ws_base, d.index, &shared, &sent_at).await?;
         writers.push(tx);
-        let (shared, sent_at, i) = (shared.clone(), sent_at.clone(), d.index);
-        tasks.push(tokio::spawn(read_driver(rx, i, shared, sent_at)));
+        tasks.push(reader);
     }
 
+    // Churn: links opened and closed again while the fleet drives.
+    if cfg.churn_per_s > 0 && !links.is_empty() {
+        let (shared, ws_base, tokens) = (
+            shared.clone(),
+            ws_base.clone(),
+            links.iter().map(|l| l.1.clone()).collect(),
+        );
+        tasks.push(tokio::spawn(churn(
+            ws_base,
+            tokens,
+            cfg.churn_per_s,
+            shared,
+        )));
+    }
     let cpu_before = cfg.server_pid.and_then(proc_sample);
     let began = Instant::now();
     let mut pings_sent = 0u64;
@@ -235,6 +241,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         errors: s.errors.clone(),
         closes: s.closes.clone(),
         exposure_violations: s.violations,
+        churn_connects: s.churn_ok,
+        churn_failures: s.churn_failed,
         statuses_out_of_order: s.out_of_order,
         server_cpu_percent,
         server_rss_kib: cpu_after.map(|(_, rss)| rss),
@@ -429,7 +437,7 @@ async fn read_driver(
     mut rx: futures_util::stream::SplitStream<Ws>,
     i: usize,
     shared: Arc<Mutex<Shared>>,
-    sent_at: Arc<Mutex<Vec<Vec<Option<Instant>>>>>,
+    sent_at: SentAt,
 ) {
     let mut acked = 0u64;
     while let Some(Ok(m)) = rx.next().await {
@@ -537,4 +545,59 @@ fn cpu_percent(
         }
         _ => None,
     }
+}
+
+/// Opens and closes patient sockets at `per_s` a second, round robin over
+/// the tracking links, until aborted.
+async fn churn(ws_base: String, tokens: Vec<String>, per_s: usize, shared: Arc<Mutex<Shared>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let per_tick = per_s.div_ceil(10);
+    let mut next = 0usize;
+    loop {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            let token = &tokens[next % tokens.len()];
+            next += 1;
+            let ok = match connect(&ws_base, &format!("/v1/track/{token}/ws"), None).await {
+                Ok(mut ws) => {
+                    let first = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+                    let _ = ws.close(None).await;
+                    matches!(first, Ok(Some(Ok(Message::Text(_)))))
+                }
+                Err(_) => false,
+            };
+            let mut s = lock(&shared);
+            if ok {
+                s.churn_ok += 1;
+            } else {
+                s.churn_failed += 1;
+            }
+        }
+    }
+}
+
+/// When each ping was sent, by driver and seq.
+type SentAt = Arc<Mutex<Vec<Vec<Option<Instant>>>>>;
+
+/// Connects one driver app; returns its writer and the task reading its acks.
+async fn connect_driver(
+    cfg: &RunConfig,
+    ws_base: &str,
+    i: usize,
+    shared: &Arc<Mutex<Shared>>,
+    sent_at: &SentAt,
+) -> anyhow::Result<(Writer, tokio::task::JoinHandle<()>)> {
+    let claims = claims_for(
+        &cfg.tenant,
+        "driver",
+        &format!("lt-d{i}"),
+        Some(&format!("lt-p{i}")),
+        3600,
+    );
+    let ws = connect(ws_base, "/v1/driver/ws", Some(&mint(&cfg.secret, &claims))).await?;
+    let (tx, rx) = ws.split();
+    Ok((
+        tx,
+        tokio::spawn(read_driver(rx, i, shared.clone(), sent_at.clone())),
+    ))
 }

@@ -25,6 +25,7 @@ async fn a_short_fixed_load_passes_its_end_to_end_checks() {
         dispatchers: 1,
         patients: true,
         server_pid: None,
+        churn_per_s: 20,
     })
     .await
     .unwrap();
@@ -45,6 +46,9 @@ async fn a_short_fixed_load_passes_its_end_to_end_checks() {
     assert_eq!(report.statuses_out_of_order, 0);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert!(report.closes.is_empty(), "{:?}", report.closes);
+    // Patients came and went meanwhile, and every one got its snapshot.
+    assert!(report.churn_connects >= 50, "{}", report.table());
+    assert_eq!(report.churn_failures, 0);
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["ack"]["p99_ms"].as_f64().is_some());
 }
