@@ -137,14 +137,8 @@ fn close_code(msg: &Message) -> Option<String> {
 
 /// Runs the scenario and returns its report.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
-    let graph = RoadGraph::from_pbf_bytes(HELSINKI, "helsinki-center.osm.pbf")?;
     let start = now_ms();
-    let sim = SimConfig {
-        drivers: cfg.drivers,
-        stops_per_driver: cfg.stops_per_driver,
-        ..SimConfig::default()
-    };
-    let mut fleet = Fleet::new(&graph, sim, cfg.seed, start);
+    let mut fleet = plan(&cfg, start)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
@@ -202,8 +196,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let began = Instant::now();
     let mut pings_sent = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut shown = Instant::now();
     while began.elapsed() < cfg.duration {
         tick.tick().await;
+        if shown.elapsed() >= Duration::from_secs(1) {
+            shown = Instant::now();
+            progress(began, pings_sent, &shared);
+        }
         let now = now_ms();
         for (i, out) in fleet.step(now) {
             pings_sent += send(i, out, &sent_at, &shared, &mut writers[i]).await;
@@ -600,4 +599,28 @@ async fn connect_driver(
         tx,
         tokio::spawn(read_driver(rx, i, shared.clone(), sent_at.clone())),
     ))
+}
+
+/// The live progress line, on stderr.
+fn progress(began: Instant, pings_sent: u64, shared: &Mutex<Shared>) {
+    let s = lock(shared);
+    eprint!(
+        "\r{:>4.0} s  pings sent {pings_sent}  acked {}  messages {}  errors {}  closes {}   ",
+        began.elapsed().as_secs_f64(),
+        s.acked,
+        s.messages,
+        s.errors.values().sum::<u64>(),
+        s.closes.values().sum::<u64>()
+    );
+}
+
+/// The fleet for a run, on central Helsinki's streets.
+fn plan(cfg: &RunConfig, start: i64) -> anyhow::Result<Fleet> {
+    let graph = RoadGraph::from_pbf_bytes(HELSINKI, "helsinki-center.osm.pbf")?;
+    let sim = SimConfig {
+        drivers: cfg.drivers,
+        stops_per_driver: cfg.stops_per_driver,
+        ..SimConfig::default()
+    };
+    Ok(Fleet::new(&graph, sim, cfg.seed, start))
 }

@@ -53,6 +53,7 @@ struct RawConfig {
     limits: RawLimits,
     redis: Option<RawRedis>,
     map_tile_url: Option<String>,
+    proximity: Option<bool>,
     #[serde(default)]
     eta: RawEta,
 }
@@ -195,6 +196,9 @@ pub struct Config {
     pub map_tiles: Option<MapTiles>,
     /// The ETA engine's tunables (`[eta]`).
     pub eta: EtaConfig,
+    /// Geofencing, proximity events and ETAs on driver fixes (on unless
+    /// `proximity = false`, which exists to measure what they cost).
+    pub proximity: bool,
 }
 
 /// A validated tile URL template.
@@ -300,6 +304,7 @@ impl Config {
             limits: parse_limits(&raw.limits)?,
             map_tiles: raw.map_tile_url.as_deref().map(parse_tiles).transpose()?,
             eta: parse_eta(&raw.eta)?,
+            proximity: raw.proximity.unwrap_or(true),
         })
     }
 
@@ -320,6 +325,7 @@ impl Config {
             limits: Limits::default(),
             map_tiles: None,
             eta: EtaConfig::default(),
+            proximity: true,
         })
     }
 

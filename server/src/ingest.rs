@@ -441,7 +441,8 @@ impl Session<'_> {
             hub.position(&self.principal.sub, last);
         }
         // The events these fixes cause are durable before the ack goes out.
-        if !applied.accepted.is_empty()
+        if self.app.config.proximity
+            && !applied.accepted.is_empty()
             && let Some(tenant) = self.app.tenant(&self.principal.tenant)
         {
             let durable = match tenant.observe(&self.app.store, &self.principal, &applied.accepted)
