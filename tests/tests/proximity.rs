@@ -183,3 +183,42 @@ async fn a_drive_past_the_pickup_to_the_dropoff() {
     .await;
     assert_eq!(report["ok"], true);
 }
+
+#[tokio::test]
+async fn proximity_can_be_switched_off_to_measure_its_cost() {
+    let s = Server::start_with("proximity = false\n", &[]);
+    let disp = staff("acme", "dispatcher", "alice");
+    let body = json!({
+        "id": "rx-1",
+        "pickup": {"lat": PICKUP.0, "lng": PICKUP.1, "radius_m": 60},
+        "dropoff": {"lat": DROPOFF.0, "lng": DROPOFF.1, "radius_m": 40},
+        "recipient": {"first_name": "Anneliese"}
+    });
+    call(
+        http()
+            .post(s.url("/v1/deliveries"))
+            .bearer_auth(&disp)
+            .json(&body),
+    )
+    .await;
+    call(
+        http()
+            .put(s.url("/v1/drivers/d1/route"))
+            .bearer_auth(&disp)
+            .json(&json!({"stops":["rx-1"]})),
+    )
+    .await;
+    let t0 = now_ms() - 200_000;
+    let pings: Vec<Value> = drive()
+        .iter()
+        .zip(0i64..)
+        .map(|(p, k)| ping_at(u64::try_from(k).unwrap() + 1, t0 + k * 1000, *p))
+        .collect();
+    let n = pings.len() as u64;
+    let mut ws = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
+    send_json(&mut ws, &json!({"type":"batch","pings":pings})).await;
+    assert_eq!(until_ack(&mut ws).await.0, n);
+    let ev = kinds(&s, &disp, "rx-1").await;
+    let names: Vec<&str> = ev.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(names, ["delivery.created", "delivery.assigned"]);
+}
