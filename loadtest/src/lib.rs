@@ -15,9 +15,13 @@
 //! It speaks only the public protocol (PROTOCOL.md): nothing here links the
 //! server's code. Churn (`churn_per_s`) runs inside a fixed or stepped run.
 
+#[cfg(feature = "runner")]
 pub mod idle;
+#[cfg(feature = "runner")]
 pub mod report;
 pub mod roads;
+#[cfg(feature = "runner")]
 pub mod run;
 pub mod sim;
+#[cfg(feature = "runner")]
 pub mod stepped;
