@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::net::TcpSocket;
 
 use crate::report::proc_sample;
-use crate::run::{claims_for, mint};
+use crate::run::{claims_for, create_delivery, mint};
 
 /// What to hold open.
 #[derive(Debug, Clone)]
@@ -58,27 +58,7 @@ pub async fn run(cfg: IdleConfig) -> anyhow::Result<IdleReport> {
             "pickup": {"lat": 60.1699, "lng": 24.9384, "radius_m": 60},
             "dropoff": {"lat": 60.1718, "lng": 24.9414, "radius_m": 40},
             "recipient": {"first_name": "Idle"}});
-        let res = http
-            .post(format!("{}/v1/deliveries", cfg.url))
-            .bearer_auth(&dispatcher)
-            .json(&body)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            res.status().as_u16() == 201,
-            "creating a delivery: {}",
-            res.status()
-        );
-        let v: serde_json::Value = res.json().await?;
-        tokens.push(
-            v["tracking_url"]
-                .as_str()
-                .unwrap_or("")
-                .rsplit('/')
-                .next()
-                .unwrap_or("")
-                .to_owned(),
-        );
+        tokens.push(create_delivery(&http, &cfg.url, &dispatcher, &body).await?);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, rss_before) = proc_sample(cfg.server_pid)

@@ -95,25 +95,26 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // One fixed run with `drivers` drivers, everything else from the command line.
+    let fixed = |drivers: usize| RunConfig {
+        url: cli.url.trim_end_matches('/').to_owned(),
+        tenant: cli.tenant.clone(),
+        secret: secret.clone(),
+        drivers,
+        stops_per_driver: cli.stops,
+        duration: Duration::from_secs(cli.duration),
+        seed: cli.seed,
+        dispatchers: cli.dispatchers,
+        patients: !cli.no_patients,
+        server_pid: cli.server_pid,
+        churn_per_s: cli.churn,
+    };
     if let Some(step) = cli.step {
         let mut drivers = cli.drivers;
         let mut steps = Vec::new();
         let mut held = None;
         while drivers <= cli.max_drivers {
-            let r = run(RunConfig {
-                url: cli.url.trim_end_matches('/').to_owned(),
-                tenant: cli.tenant.clone(),
-                secret: secret.clone(),
-                drivers,
-                stops_per_driver: cli.stops,
-                duration: Duration::from_secs(cli.duration),
-                seed: cli.seed,
-                dispatchers: cli.dispatchers,
-                patients: !cli.no_patients,
-                server_pid: cli.server_pid,
-                churn_per_s: cli.churn,
-            })
-            .await?;
+            let r = run(fixed(drivers)).await?;
             let failed = loadtest::stepped::verdict(&r, &loadtest::stepped::Limits::default());
             println!(
                 "{drivers} drivers: {:.0} pings/s acked, {}",
@@ -140,20 +141,7 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let report = run(RunConfig {
-        url: cli.url.trim_end_matches('/').to_owned(),
-        tenant: cli.tenant,
-        secret,
-        drivers: cli.drivers,
-        stops_per_driver: cli.stops,
-        duration: Duration::from_secs(cli.duration),
-        seed: cli.seed,
-        dispatchers: cli.dispatchers,
-        patients: !cli.no_patients,
-        server_pid: cli.server_pid,
-        churn_per_s: cli.churn,
-    })
-    .await?;
+    let report = run(fixed(cli.drivers)).await?;
     print!("{}", report.table());
     if let Some(p) = cli.report {
         std::fs::write(&p, serde_json::to_string_pretty(&report)?)

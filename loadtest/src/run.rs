@@ -376,25 +376,7 @@ async fn create_deliveries(
                 "pickup": {"lat": d.pickup.0, "lng": d.pickup.1, "radius_m": 60},
                 "dropoff": {"lat": drop.0, "lng": drop.1, "radius_m": 40},
                 "recipient": {"first_name": "Load"}});
-            let res = http
-                .post(format!("{}/v1/deliveries", cfg.url))
-                .bearer_auth(dispatcher)
-                .json(&body)
-                .send()
-                .await?;
-            anyhow::ensure!(
-                res.status().as_u16() == 201,
-                "creating a delivery: {}",
-                res.status()
-            );
-            let created: Value = res.json().await?;
-            let token = created["tracking_url"]
-                .as_str()
-                .unwrap_or("")
-                .rsplit('/')
-                .next()
-                .unwrap_or("")
-                .to_owned();
+            let token = create_delivery(http, &cfg.url, dispatcher, &body).await?;
             mine.push(links.len());
             links.push((d.index, token));
             stops.push(id);
@@ -623,4 +605,27 @@ fn plan(cfg: &RunConfig, start: i64) -> anyhow::Result<Fleet> {
         ..SimConfig::default()
     };
     Ok(Fleet::new(&graph, sim, cfg.seed, start))
+}
+
+/// Creates a delivery through the API; returns its tracking token.
+pub async fn create_delivery(
+    http: &reqwest::Client,
+    url: &str,
+    dispatcher: &str,
+    body: &Value,
+) -> anyhow::Result<String> {
+    let res = http
+        .post(format!("{url}/v1/deliveries"))
+        .bearer_auth(dispatcher)
+        .json(body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        res.status().as_u16() == 201,
+        "creating a delivery: {}",
+        res.status()
+    );
+    let created: Value = res.json().await?;
+    let url = created["tracking_url"].as_str().unwrap_or("");
+    Ok(url.rsplit('/').next().unwrap_or("").to_owned())
 }

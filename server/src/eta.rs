@@ -16,9 +16,6 @@ use serde::Serialize;
 
 use crate::types::{LatLng, UnixMillis};
 
-/// Mean Earth radius, metres.
-const EARTH_RADIUS_M: f64 = 6_371_008.8;
-
 /// Tunables of the ETA engine.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EtaConfig {
@@ -63,13 +60,17 @@ impl Default for EtaConfig {
     }
 }
 
-/// Great-circle distance, metres.
+/// Great-circle distance, metres (the geofence crate's haversine).
 #[must_use]
 pub fn distance_m(a: LatLng, b: LatLng) -> f64 {
-    let (p1, p2) = (a.lat.to_radians(), b.lat.to_radians());
-    let dl = (b.lng - a.lng).to_radians();
-    let h = ((p2 - p1) / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_M * h.sqrt().min(1.0).asin()
+    match (
+        geofence::Point::new(a.lat, a.lng),
+        geofence::Point::new(b.lat, b.lng),
+    ) {
+        (Ok(p), Ok(q)) => p.distance_m(q),
+        // A LatLng is checked to the same ranges; this arm cannot be taken.
+        _ => f64::INFINITY,
+    }
 }
 
 /// A smoothed speed.

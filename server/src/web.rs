@@ -21,12 +21,18 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
                        img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 fn page(body: &'static str, content_type: &'static str) -> Response {
-    let mut res = ([(header::CONTENT_TYPE, content_type)], body).into_response();
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
+    with_headers(
+        body.into_response(),
+        content_type,
         HeaderValue::from_static(CSP),
-    );
+    )
+}
+
+/// Content type, Content-Security-Policy, no indexing, no framing.
+fn with_headers(mut res: Response, content_type: &'static str, csp: HeaderValue) -> Response {
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONTENT_SECURITY_POLICY, csp);
     h.insert(
         "x-robots-tag",
         HeaderValue::from_static("noindex, nofollow"),
@@ -68,17 +74,9 @@ pub async fn dispatch_page(State(app): State<Arc<App>>) -> Response {
         &format!("img-src 'self' {}", tiles.origin),
         1,
     );
-    let mut res = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
-    let h = res.headers_mut();
     // Never without a policy: the strict one if the widened one were unusable.
     let policy = HeaderValue::from_str(&csp).unwrap_or(HeaderValue::from_static(CSP));
-    h.insert(header::CONTENT_SECURITY_POLICY, policy);
-    h.insert(
-        "x-robots-tag",
-        HeaderValue::from_static("noindex, nofollow"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    res
+    with_headers(html.into_response(), "text/html; charset=utf-8", policy)
 }
 
 pub async fn dispatch_js() -> Response {

@@ -259,19 +259,7 @@ impl Server {
     /// # Panics
     /// When the server does not exit within 30 s.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("server running");
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        for _ in 0..300 {
-            if let Ok(Some(status)) = c.try_wait() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = c.kill();
-        panic!("rxtrack did not exit after SIGTERM");
+        terminate(&mut self.child.take().expect("server running"))
     }
 
     /// Starts the server again on the same address and data folder.
@@ -328,6 +316,25 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Sends SIGTERM to a process and waits (30 s at most) for its exit status.
+///
+/// # Panics
+/// When it does not exit in time (it is then killed).
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    for _ in 0..300 {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("the process did not exit after SIGTERM");
 }
 
 /// An HTTP client for the API.

@@ -229,19 +229,7 @@ fn zero_config_start_prints_a_quick_start_and_works() {
             .unwrap()
             .starts_with(&format!("http://{addr}/t/"))
     );
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let mut status = None;
-    for _ in 0..100 {
-        if let Ok(Some(s)) = child.try_wait() {
-            status = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(status.expect("exited").success());
+    assert!(terminate(&mut child).success());
 }
 
 #[tokio::test]
@@ -331,17 +319,5 @@ async fn the_demo_fleet_moves_on_the_map() {
             drivers.insert(d["driver_id"].as_str().unwrap().to_owned());
         }
     }
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let mut status = None;
-    for _ in 0..150 {
-        if let Ok(Some(s)) = child.try_wait() {
-            status = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(status.expect("exited").success());
+    assert!(terminate(&mut child).success());
 }
