@@ -192,6 +192,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             shared,
         )));
     }
+    // The fleet drives from now on: no pings fell due during the setup.
+    fleet.delay(now_ms() - start);
     let cpu_before = cfg.server_pid.and_then(proc_sample);
     let began = Instant::now();
     let mut pings_sent = 0u64;

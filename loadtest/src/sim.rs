@@ -309,6 +309,30 @@ impl Fleet {
         Self { cfg, drivers }
     }
 
+    /// Moves the whole plan `by_ms` later: every clock of every driver, as
+    /// if the fleet had been planned that much later. The runner plans the
+    /// fleet before it creates deliveries and opens sockets, then delays it
+    /// by the time that took, so that driving starts without a backlog of
+    /// pings that fell due during the setup.
+    pub fn delay(&mut self, by_ms: i64) {
+        for d in &mut self.drivers {
+            d.last_ms += by_ms;
+            d.next_ping_ms += by_ms;
+            if d.waiting_until != 0 {
+                d.waiting_until += by_ms;
+            }
+            if let Some(until) = &mut d.dead_until {
+                *until += by_ms;
+            }
+            for a in d.arrivals.iter_mut().flatten() {
+                *a += by_ms;
+            }
+            for p in &mut d.held {
+                p.ts += by_ms;
+            }
+        }
+    }
+
     /// Advances the fleet to `now` and returns what each driver app sends.
     pub fn step(&mut self, now: i64) -> Vec<(usize, Out)> {
         let cfg = self.cfg.clone();

@@ -135,3 +135,40 @@ fn apps_send_pings_at_1_hz_and_batches_after_dead_zones() {
         assert!(times.windows(2).all(|w| w[0] < w[1]));
     }
 }
+
+#[test]
+fn a_delayed_fleet_drives_the_same_plan_later() {
+    let g = helsinki();
+    let cfg = SimConfig {
+        drivers: 8,
+        stops_per_driver: 2,
+        dead_zone_per_minute: 0.5,
+        ..SimConfig::default()
+    };
+    let mut on_time = Fleet::new(&g, cfg.clone(), 7, T0);
+    let mut late = Fleet::new(&g, cfg, 7, T0);
+    // The setup took 5 s: nothing falls due during it, and from then on the
+    // delayed fleet sends what the other sent, 5 s later.
+    let by = 5_000;
+    late.delay(by);
+    assert!(
+        late.step(T0 + by - 1).is_empty(),
+        "pings fell due during the setup"
+    );
+    for s in 0..=300 {
+        let a = on_time.step(T0 + s * 1000);
+        let b = late.step(T0 + by + s * 1000);
+        let shifted: Vec<(usize, Ping)> = pings(&a)
+            .into_iter()
+            .map(|(d, mut p)| {
+                p.ts += by;
+                (d, p)
+            })
+            .collect();
+        assert_eq!(pings(&b), shifted, "second {s}");
+    }
+    for (a, b) in on_time.drivers.iter().zip(&late.drivers) {
+        let moved: Vec<Option<i64>> = a.arrivals.iter().map(|t| t.map(|t| t + by)).collect();
+        assert_eq!(b.arrivals, moved);
+    }
+}
