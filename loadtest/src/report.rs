@@ -56,6 +56,23 @@ impl Latency {
     }
 }
 
+/// How long ago a patient's update had its cause, in milliseconds.
+///
+/// Patients never see the driver's fixes, so an update names no ping; but a
+/// driver's pings are processed in order, one socket at a time, and a
+/// snapshot stamped `updated_at` was made while the server handled the
+/// newest ping of that driver sent at or before that instant (as long as the
+/// server is less than one ping interval behind; a larger backlog shows in the
+/// ack latency). `sends` holds the driver's message send times in ascending
+/// order, all in one clock (load generator and server on one machine).
+/// `None` when no ping of the driver was sent in the `window_ms` before the
+/// update: it was not caused by a ping (the setup, or a quiet driver).
+#[must_use]
+pub fn ping_to_patient_ms(sends: &[i64], updated_at: i64, received: i64, window_ms: i64) -> Option<i64> {
+    let cause = *sends.get(sends.partition_point(|&t| t <= updated_at).checked_sub(1)?)?;
+    (updated_at - cause <= window_ms).then(|| (received - cause).max(0))
+}
+
 /// How well the patients' windows predicted the real arrival, by how far
 /// ahead the window was shown (5-minute buckets).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -78,7 +95,14 @@ pub struct Report {
     pub pings_per_s_acked: f64,
     pub ack: Option<Percentiles>,
     pub ping_to_dispatcher: Option<Percentiles>,
+    /// From the ping that caused a patient update to its arrival at the
+    /// patient (see [`ping_to_patient_ms`]).
     pub ping_to_patient: Option<Percentiles>,
+    /// From the server making a patient update (its `updated_at`) to its
+    /// arrival at the patient.
+    pub change_to_patient: Option<Percentiles>,
+    /// Patient updates not caused by a ping (no ping of the driver shortly before).
+    pub patient_updates_without_ping: u64,
     pub messages_received: u64,
     pub messages_per_s: f64,
     pub errors: BTreeMap<String, u64>,
@@ -128,7 +152,15 @@ impl Report {
         );
         s.push_str(&row("ack", self.ack.as_ref()));
         s.push_str(&row("ping to dispatcher", self.ping_to_dispatcher.as_ref()));
-        s.push_str(&row("change to patient", self.ping_to_patient.as_ref()));
+        s.push_str(&row("ping to patient", self.ping_to_patient.as_ref()));
+        s.push_str(&row("change to patient", self.change_to_patient.as_ref()));
+        if self.patient_updates_without_ping > 0 {
+            let _ = writeln!(
+                s,
+                "patient updates not caused by a ping (setup, quiet drivers): {}",
+                self.patient_updates_without_ping
+            );
+        }
         let _ = writeln!(
             s,
             "errors {:?}; closes {:?}; exposure violations {}; statuses out of order {}",
@@ -199,6 +231,22 @@ mod tests {
         l.merge(&other);
         assert_eq!(l.percentiles().count, 1001);
         assert!(l.percentiles().max_ms >= 4990.0);
+    }
+
+    #[test]
+    fn patient_updates_are_timed_from_the_ping_that_caused_them() {
+        // A driver sent at 1000, 2000 (a batch after a dead zone), 3000.
+        let sends = [1_000, 2_000, 3_000];
+        // Made at 2004 while the ping sent at 2000 was handled; arrived at 2010.
+        assert_eq!(ping_to_patient_ms(&sends, 2_004, 2_010, 10_000), Some(10));
+        // Made the very millisecond the ping was sent.
+        assert_eq!(ping_to_patient_ms(&sends, 3_000, 3_001, 10_000), Some(1));
+        // Before the driver's first ping: the setup made it.
+        assert_eq!(ping_to_patient_ms(&sends, 999, 1_005, 10_000), None);
+        assert_eq!(ping_to_patient_ms(&[], 5_000, 5_001, 10_000), None);
+        // Long after the last ping: a quiet driver's update, no ping's.
+        assert_eq!(ping_to_patient_ms(&sends, 20_000, 20_001, 10_000), None);
+        assert_eq!(ping_to_patient_ms(&sends, 13_000, 13_020, 10_000), Some(10_020));
     }
 
     #[test]

@@ -15,9 +15,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::report::{EtaBucket, Latency, Report, proc_sample};
+use crate::report::{EtaBucket, Latency, Report, ping_to_patient_ms, proc_sample};
 use crate::roads::RoadGraph;
-use crate::sim::{Fleet, Out, SimConfig};
+use crate::sim::{Fleet, Out, SimConfig, SimDriver};
 
 /// Central Helsinki's streets (© OpenStreetMap contributors, `ODbL` 1.0).
 pub const HELSINKI: &[u8] = include_bytes!("../data/helsinki-center.osm.pbf");
@@ -101,6 +101,10 @@ struct Shared {
     ack: Latency,
     dispatcher: Latency,
     patient: Latency,
+    change: Latency,
+    /// Send time (wall clock, ms) of each message of each driver, ascending.
+    sends: Vec<Vec<i64>>,
+    patient_without_ping: u64,
     acked: u64,
     messages: u64,
     errors: BTreeMap<String, u64>,
@@ -112,6 +116,10 @@ struct Shared {
     /// Windows patients saw: delivery index → (receive time ms, from, to).
     windows: HashMap<usize, Vec<(i64, i64, i64)>>,
 }
+
+/// A patient update made longer than this after the driver's last ping was
+/// not caused by a ping.
+const CAUSE_WINDOW_MS: i64 = 10_000;
 
 const STATUS_ORDER: [&str; 7] = [
     "scheduled",
@@ -152,7 +160,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     // Deliveries and routes, through the API.
     let (links, delivery_of) = create_deliveries(&cfg, &http, &dispatcher, &fleet, run_id).await?;
 
-    let shared = Arc::new(Mutex::new(Shared::default()));
+    let shared = Arc::new(Mutex::new(Shared {
+        sends: vec![Vec::new(); fleet.drivers.len()],
+        ..Shared::default()
+    }));
     let mut tasks = Vec::new();
 
     // Dispatchers: positions arrive batched; each is matched to its ping.
@@ -163,9 +174,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
 
     // Patients: only allowed keys, statuses in order; windows kept for ETA quality.
     if cfg.patients {
-        for (n, (_, token)) in links.iter().enumerate() {
+        for (n, (driver, token)) in links.iter().enumerate() {
             let ws = connect(&ws_base, &format!("/v1/track/{token}/ws"), None).await?;
-            tasks.push(tokio::spawn(read_patient(ws, n, shared.clone())));
+            tasks.push(tokio::spawn(read_patient(ws, n, *driver, shared.clone())));
         }
     }
 
@@ -173,9 +184,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let sent_at: SentAt = Arc::new(Mutex::new(vec![Vec::new(); fleet.drivers.len()]));
     let mut writers = Vec::new();
     for d in &fleet.drivers {
-        let (tx, reader) = connect_driver(&cfg, &ws_base, d.index, &shared, &sent_at).await?;
+        let (tx, reader, interval) =
+            connect_driver(&cfg, &ws_base, d.index, &shared, &sent_at).await?;
         writers.push(tx);
         tasks.push(reader);
+        // Driver apps ping as often as the server asks.
+        fleet.cfg.ping_interval_ms = interval;
     }
 
     // Churn: links opened and closed again while the fleet drives.
@@ -221,10 +235,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         t.abort();
     }
 
-    let s = lock(&shared);
-    let eta = eta_quality(&s.windows, &links, &delivery_of, &fleet);
     let server_cpu_percent = cpu_percent(cpu_before, cpu_after, elapsed);
-    let pct = |l: &Latency| Some(l.percentiles()).filter(|p| p.count > 0);
+    let s = lock(&shared);
     Ok(Report {
         duration_s: elapsed,
         drivers: fleet.drivers.len(),
@@ -232,11 +244,24 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         patients: if cfg.patients { links.len() } else { 0 },
         dispatchers: cfg.dispatchers,
         pings_sent,
+        server_cpu_percent,
+        server_rss_kib: cpu_after.map(|(_, rss)| rss),
+        eta_by_minutes_ahead: eta_quality(&s.windows, &links, &delivery_of, &fleet),
+        ..measured(&s, elapsed)
+    })
+}
+
+/// What the reader tasks measured.
+fn measured(s: &Shared, elapsed: f64) -> Report {
+    let pct = |l: &Latency| Some(l.percentiles()).filter(|p| p.count > 0);
+    Report {
         pings_acked: s.acked,
         pings_per_s_acked: s.acked as f64 / elapsed,
         ack: pct(&s.ack),
         ping_to_dispatcher: pct(&s.dispatcher),
         ping_to_patient: pct(&s.patient),
+        change_to_patient: pct(&s.change),
+        patient_updates_without_ping: s.patient_without_ping,
         messages_received: s.messages,
         messages_per_s: s.messages as f64 / elapsed,
         errors: s.errors.clone(),
@@ -245,10 +270,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         churn_connects: s.churn_ok,
         churn_failures: s.churn_failed,
         statuses_out_of_order: s.out_of_order,
-        server_cpu_percent,
-        server_rss_kib: cpu_after.map(|(_, rss)| rss),
-        eta_by_minutes_ahead: eta,
-    })
+        ..Report::default()
+    }
 }
 
 async fn read_dispatcher(mut ws: Ws, shared: Arc<Mutex<Shared>>) {
@@ -283,7 +306,7 @@ async fn read_dispatcher(mut ws: Ws, shared: Arc<Mutex<Shared>>) {
     }
 }
 
-async fn read_patient(mut ws: Ws, n: usize, shared: Arc<Mutex<Shared>>) {
+async fn read_patient(mut ws: Ws, n: usize, driver: usize, shared: Arc<Mutex<Shared>>) {
     let mut last = 0usize;
     let mut first = true;
     while let Some(Ok(m)) = ws.next().await {
@@ -316,10 +339,16 @@ async fn read_patient(mut ws: Ws, n: usize, shared: Arc<Mutex<Shared>>) {
         }
         last = last.max(rank);
         // The first message is the snapshot as it stood; later ones are
-        // changes, timed from when the server made them.
+        // changes, timed from the ping that caused them and from when the
+        // server made them.
         if let Some(u) = v["updated_at"].as_i64().filter(|_| !first) {
-            s.patient
+            s.change
                 .record_us(u64::try_from((recv - u).max(0) * 1000).unwrap_or(0));
+            let sends = s.sends.get(driver).map_or(&[][..], Vec::as_slice);
+            match ping_to_patient_ms(sends, u, recv, CAUSE_WINDOW_MS) {
+                Some(ms) => s.patient.record_us(u64::try_from(ms * 1000).unwrap_or(0)),
+                None => s.patient_without_ping += 1,
+            }
         }
         first = false;
         if let (Some(from), Some(to)) = (v["eta"]["from"].as_i64(), v["eta"]["to"].as_i64()) {
@@ -358,8 +387,9 @@ fn eta_quality(
     eta
 }
 
-/// Creates each driver's deliveries and route through the API; returns the
-/// tracking tokens (with their driver) and each driver's delivery indices.
+/// Creates each driver's deliveries and route through the API, for many
+/// drivers at once (as a pharmacy backend would); returns the tracking
+/// tokens (with their driver) and each driver's delivery indices.
 async fn create_deliveries(
     cfg: &RunConfig,
     http: &reqwest::Client,
@@ -367,52 +397,72 @@ async fn create_deliveries(
     fleet: &Fleet,
     run_id: i64,
 ) -> anyhow::Result<(Vec<(usize, String)>, Vec<Vec<usize>>)> {
+    const IN_FLIGHT: usize = 32;
+    let per_driver: Vec<anyhow::Result<Vec<String>>> =
+        futures_util::stream::iter(&fleet.drivers)
+            .map(|d| create_route(cfg, http, dispatcher, d, run_id))
+            .buffered(IN_FLIGHT)
+            .collect()
+            .await;
     let mut links: Vec<(usize, String)> = Vec::new();
     let mut delivery_of: Vec<Vec<usize>> = Vec::new();
-    for d in &fleet.drivers {
-        let mut stops = Vec::new();
+    for (d, tokens) in fleet.drivers.iter().zip(per_driver) {
         let mut mine = Vec::new();
-        for (k, drop) in d.dropoffs.iter().enumerate() {
-            let id = format!("lt-{run_id}-{}-{k}", d.index);
-            let body = json!({"id": id,
-                "pickup": {"lat": d.pickup.0, "lng": d.pickup.1, "radius_m": 60},
-                "dropoff": {"lat": drop.0, "lng": drop.1, "radius_m": 40},
-                "recipient": {"first_name": "Load"}});
-            let token = create_delivery(http, &cfg.url, dispatcher, &body).await?;
+        for token in tokens? {
             mine.push(links.len());
             links.push((d.index, token));
-            stops.push(id);
         }
+        delivery_of.push(mine);
+    }
+    Ok((links, delivery_of))
+}
+
+/// One driver's deliveries, route and pick-up; returns the tracking tokens.
+async fn create_route(
+    cfg: &RunConfig,
+    http: &reqwest::Client,
+    dispatcher: &str,
+    d: &SimDriver,
+    run_id: i64,
+) -> anyhow::Result<Vec<String>> {
+    let mut stops = Vec::new();
+    let mut tokens = Vec::new();
+    for (k, drop) in d.dropoffs.iter().enumerate() {
+        let id = format!("lt-{run_id}-{}-{k}", d.index);
+        let body = json!({"id": id,
+            "pickup": {"lat": d.pickup.0, "lng": d.pickup.1, "radius_m": 60},
+            "dropoff": {"lat": drop.0, "lng": drop.1, "radius_m": 40},
+            "recipient": {"first_name": "Load"}});
+        tokens.push(create_delivery(http, &cfg.url, dispatcher, &body).await?);
+        stops.push(id);
+    }
+    let res = http
+        .put(format!("{}/v1/drivers/lt-d{}/route", cfg.url, d.index))
+        .bearer_auth(dispatcher)
+        .json(&json!({"stops": stops}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        res.status().is_success(),
+        "assigning a route: {}",
+        res.status()
+    );
+    // The pharmacy hands everything over at once, so patients follow a
+    // live ETA from the first second of the run.
+    for id in &stops {
         let res = http
-            .put(format!("{}/v1/drivers/lt-d{}/route", cfg.url, d.index))
+            .post(format!("{}/v1/deliveries/{id}/status", cfg.url))
             .bearer_auth(dispatcher)
-            .json(&json!({"stops": stops}))
+            .json(&json!({"status": "picked_up"}))
             .send()
             .await?;
         anyhow::ensure!(
             res.status().is_success(),
-            "assigning a route: {}",
+            "marking picked up: {}",
             res.status()
         );
-        // The pharmacy hands everything over at once, so patients follow a
-        // live ETA from the first second of the run.
-        for id in &stops {
-            let res = http
-                .post(format!("{}/v1/deliveries/{id}/status", cfg.url))
-                .bearer_auth(dispatcher)
-                .json(&json!({"status": "picked_up"}))
-                .send()
-                .await?;
-            anyhow::ensure!(
-                res.status().is_success(),
-                "marking picked up: {}",
-                res.status()
-            );
-        }
-        delivery_of.push(mine);
     }
-
-    Ok((links, delivery_of))
+    Ok(tokens)
 }
 
 /// Reads a driver's acks (timing every ping they cover) and errors.
@@ -487,6 +537,9 @@ async fn send(
         let mut all = sent_at.lock().unwrap_or_else(PoisonError::into_inner);
         let mine = &mut all[i];
         let mut s = lock(shared);
+        if let Some(sends) = s.sends.get_mut(i) {
+            sends.push(now_ms());
+        }
         for p in pings {
             let seq = usize::try_from(p.seq).unwrap_or(0);
             if mine.len() <= seq {
@@ -562,14 +615,15 @@ async fn churn(ws_base: String, tokens: Vec<String>, per_s: usize, shared: Arc<M
 /// When each ping was sent, by driver and seq.
 type SentAt = Arc<Mutex<Vec<Vec<Option<Instant>>>>>;
 
-/// Connects one driver app; returns its writer and the task reading its acks.
+/// Connects one driver app; returns its writer, the task reading its acks,
+/// and the ping interval the server asked for.
 async fn connect_driver(
     cfg: &RunConfig,
     ws_base: &str,
     i: usize,
     shared: &Arc<Mutex<Shared>>,
     sent_at: &SentAt,
-) -> anyhow::Result<(Writer, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(Writer, tokio::task::JoinHandle<()>, i64)> {
     let claims = claims_for(
         &cfg.tenant,
         "driver",
@@ -577,11 +631,21 @@ async fn connect_driver(
         Some(&format!("lt-p{i}")),
         3600,
     );
-    let ws = connect(ws_base, "/v1/driver/ws", Some(&mint(&cfg.secret, &claims))).await?;
+    let mut ws = connect(ws_base, "/v1/driver/ws", Some(&mint(&cfg.secret, &claims))).await?;
+    // The server says first how often its drivers ping.
+    let hello = match ws.next().await {
+        Some(Ok(Message::Text(t))) => serde_json::from_str::<Value>(t.as_str())?,
+        other => anyhow::bail!("driver socket: expected the config message, got {other:?}"),
+    };
+    let interval = hello["ping_interval_ms"]
+        .as_i64()
+        .filter(|_| hello["type"] == "config")
+        .ok_or_else(|| anyhow::anyhow!("driver socket: expected the config message, got {hello}"))?;
     let (tx, rx) = ws.split();
     Ok((
         tx,
         tokio::spawn(read_driver(rx, i, shared.clone(), sent_at.clone())),
+        interval,
     ))
 }
 

@@ -1,5 +1,5 @@
 //! Stepped mode: raise the number of drivers until the p99 latency from a
-//! change to the patient passes a limit or too many pings go unacknowledged,
+//! ping to the patient passes a limit or too many pings go unacknowledged,
 //! and report the last load that held.
 
 use serde::Serialize;
@@ -9,7 +9,7 @@ use crate::report::Report;
 /// When a load no longer holds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
-    /// p99 of change-to-patient latency, ms (the load-test issue: 50 ms).
+    /// p99 of ping-to-patient latency, ms (the load-test issue: 50 ms).
     pub p99_patient_ms: f64,
     /// Share of sent pings that may go unacknowledged (0.1%).
     pub max_loss: f64,
@@ -34,7 +34,7 @@ pub fn verdict(r: &Report, limits: &Limits) -> Option<String> {
     if let Some(p) = r.ping_to_patient
         && p.p99_ms > limits.p99_patient_ms
     {
-        return Some(format!("p99 change-to-patient {:.1} ms", p.p99_ms));
+        return Some(format!("p99 ping-to-patient {:.1} ms", p.p99_ms));
     }
     if !r.closes.is_empty() {
         return Some(format!("sockets closed: {:?}", r.closes));
