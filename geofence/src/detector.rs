@@ -302,10 +302,30 @@ impl Subject {
         cfg: impl Fn(FenceId) -> ProximityConfig,
         out: &mut Vec<(FenceId, ProximityEvent)>,
     ) {
+        self.observe_only(index, fix, track_cfg, cfg, |_| true, out);
+    }
+
+    /// Like [`Subject::observe`], for the fences `relevant` accepts only
+    /// (a driver's own stops among a whole tenant's): the others are dropped
+    /// right after the lookup, before any exact test or state, so a point
+    /// inside many fences (a pharmacy's pickup fence of every delivery it
+    /// sends out) costs a subject no more than its own fences there. The state
+    /// of a fence that is no longer relevant is forgotten.
+    pub fn observe_only(
+        &mut self,
+        index: &FenceIndex,
+        fix: &Fix,
+        track_cfg: &TrackConfig,
+        cfg: impl Fn(FenceId) -> ProximityConfig,
+        relevant: impl Fn(FenceId) -> bool,
+        out: &mut Vec<(FenceId, ProximityEvent)>,
+    ) {
+        self.fences.retain(|&id, _| relevant(id));
         if self.track.judge(fix, track_cfg) != Verdict::Trusted {
             return;
         }
         let mut ids = index.lookup(fix.point);
+        ids.retain(|&id| relevant(id));
         ids.extend(self.fences.keys().copied());
         ids.sort_unstable();
         ids.dedup();

@@ -69,6 +69,14 @@ fn run(fixes: &[Fix]) -> Vec<(FenceId, ProximityEvent)> {
     out
 }
 
+fn event_ts(e: &ProximityEvent) -> i64 {
+    match e {
+        ProximityEvent::Entered(f) | ProximityEvent::Dwelled(f) | ProximityEvent::Exited(f) => {
+            f.ts_ms
+        }
+    }
+}
+
 proptest! {
     #[test]
     fn entered_and_exited_strictly_alternate(fixes in walk()) {
@@ -102,6 +110,39 @@ proptest! {
         }).collect();
         let events = run(&fixes);
         prop_assert!(!events.iter().any(|(id, e)| *id == FenceId(1) && matches!(e, ProximityEvent::Exited(_))));
+    }
+
+    #[test]
+    fn watching_only_some_fences_gives_exactly_their_events(fixes in walk(), drop_at in 0usize..120) {
+        // Fences at one spot that this subject does not care about change
+        // nothing for the fence it does, and get no events or state.
+        let idx = index();
+        let all = run(&fixes);
+        let mut s = Subject::default();
+        let mut mine = Vec::new();
+        for f in &fixes {
+            s.observe_only(&idx, f, &TrackConfig::default(), |_| ProximityConfig::default(),
+                |id| id == FenceId(2), &mut mine);
+            prop_assert!(!s.is_inside(FenceId(1)));
+        }
+        let expected: Vec<_> = all.iter().filter(|(id, _)| *id == FenceId(2)).cloned().collect();
+        prop_assert_eq!(&mine, &expected);
+        // A fence that stops being relevant midway is forgotten: no exit for it.
+        let drop_at = drop_at.min(fixes.len());
+        let mut s = Subject::default();
+        let mut out = Vec::new();
+        for (i, f) in fixes.iter().enumerate() {
+            let keep = i < drop_at;
+            s.observe_only(&idx, f, &TrackConfig::default(), |_| ProximityConfig::default(),
+                |id| keep || id != FenceId(1), &mut out);
+        }
+        if drop_at < fixes.len() {
+            prop_assert!(!s.is_inside(FenceId(1)));
+        }
+        let before: Vec<_> = all.iter().filter(|(_, e)| event_ts(e) <= fixes.get(drop_at.wrapping_sub(1)).map_or(i64::MIN, |f| f.ts_ms)).cloned().collect();
+        let fence1: Vec<_> = out.iter().filter(|(id, _)| *id == FenceId(1)).cloned().collect();
+        let fence1_before: Vec<_> = before.iter().filter(|(id, _)| *id == FenceId(1)).cloned().collect();
+        prop_assert_eq!(fence1, fence1_before);
     }
 
     #[test]

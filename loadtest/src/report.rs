@@ -68,7 +68,12 @@ impl Latency {
 /// `None` when no ping of the driver was sent in the `window_ms` before the
 /// update: it was not caused by a ping (the setup, or a quiet driver).
 #[must_use]
-pub fn ping_to_patient_ms(sends: &[i64], updated_at: i64, received: i64, window_ms: i64) -> Option<i64> {
+pub fn ping_to_patient_ms(
+    sends: &[i64],
+    updated_at: i64,
+    received: i64,
+    window_ms: i64,
+) -> Option<i64> {
     let cause = *sends.get(sends.partition_point(|&t| t <= updated_at).checked_sub(1)?)?;
     (updated_at - cause <= window_ms).then(|| (received - cause).max(0))
 }
@@ -246,7 +251,10 @@ mod tests {
         assert_eq!(ping_to_patient_ms(&[], 5_000, 5_001, 10_000), None);
         // Long after the last ping: a quiet driver's update, no ping's.
         assert_eq!(ping_to_patient_ms(&sends, 20_000, 20_001, 10_000), None);
-        assert_eq!(ping_to_patient_ms(&sends, 13_000, 13_020, 10_000), Some(10_020));
+        assert_eq!(
+            ping_to_patient_ms(&sends, 13_000, 13_020, 10_000),
+            Some(10_020)
+        );
     }
 
     #[test]

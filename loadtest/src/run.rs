@@ -398,12 +398,11 @@ async fn create_deliveries(
     run_id: i64,
 ) -> anyhow::Result<(Vec<(usize, String)>, Vec<Vec<usize>>)> {
     const IN_FLIGHT: usize = 32;
-    let per_driver: Vec<anyhow::Result<Vec<String>>> =
-        futures_util::stream::iter(&fleet.drivers)
-            .map(|d| create_route(cfg, http, dispatcher, d, run_id))
-            .buffered(IN_FLIGHT)
-            .collect()
-            .await;
+    let per_driver: Vec<anyhow::Result<Vec<String>>> = futures_util::stream::iter(&fleet.drivers)
+        .map(|d| create_route(cfg, http, dispatcher, d, run_id))
+        .buffered(IN_FLIGHT)
+        .collect()
+        .await;
     let mut links: Vec<(usize, String)> = Vec::new();
     let mut delivery_of: Vec<Vec<usize>> = Vec::new();
     for (d, tokens) in fleet.drivers.iter().zip(per_driver) {
@@ -640,7 +639,9 @@ async fn connect_driver(
     let interval = hello["ping_interval_ms"]
         .as_i64()
         .filter(|_| hello["type"] == "config")
-        .ok_or_else(|| anyhow::anyhow!("driver socket: expected the config message, got {hello}"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!("driver socket: expected the config message, got {hello}")
+        })?;
     let (tx, rx) = ws.split();
     Ok((
         tx,

@@ -1005,6 +1005,16 @@ impl TenantState {
     /// visit as the log already records it.
     fn proximity_drafts(&mut self, who: &Principal, fixes: &[Fix], now: UnixMillis) -> Vec<Draft> {
         let mut found = Vec::new();
+        // Only the fences of the driver's own stops count: a pharmacy's
+        // pickup fence of every delivery it sends out lies at one spot.
+        let mine: Vec<FenceId> = self
+            .routes
+            .get(&who.sub)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.deliveries.get(id)?.fences)
+            .flat_map(|(pickup, dropoff)| [pickup, dropoff])
+            .collect();
         // No allocation per ping once the driver is known.
         if !self.drivers.contains_key(&who.sub) {
             self.drivers
@@ -1022,11 +1032,12 @@ impl TenantState {
                 point,
                 accuracy_m: f.acc,
             };
-            detector.observe(
+            detector.observe_only(
                 &self.fences,
                 &fix,
                 &TrackConfig::default(),
                 |_| ProximityConfig::default(),
+                |id| mine.contains(&id),
                 &mut found,
             );
         }

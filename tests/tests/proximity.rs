@@ -222,3 +222,63 @@ async fn proximity_can_be_switched_off_to_measure_its_cost() {
     let names: Vec<&str> = ev.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(names, ["delivery.created", "delivery.assigned"]);
 }
+
+#[tokio::test]
+async fn a_driver_waiting_at_a_busy_pharmacy_arrives_for_its_own_deliveries_only() {
+    let s = Server::start();
+    let disp = staff("acme", "dispatcher", "alice");
+    // Forty deliveries leave from the same pharmacy: forty pickup fences at one spot.
+    for k in 0..40 {
+        let body = json!({
+            "id": format!("rx-{k}"),
+            "pickup": {"lat": PICKUP.0, "lng": PICKUP.1, "radius_m": 60},
+            "dropoff": {"lat": DROPOFF.0, "lng": DROPOFF.1, "radius_m": 40},
+            "recipient": {"first_name": "Anneliese"}
+        });
+        let (code, out) = call(
+            http()
+                .post(s.url("/v1/deliveries"))
+                .bearer_auth(&disp)
+                .json(&body),
+        )
+        .await;
+        assert_eq!(code, 201, "{out}");
+    }
+    // The driver waits at the pharmacy before anything is assigned to it.
+    let t0 = now_ms() - 100_000;
+    let mut ws = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
+    let waiting: Vec<Value> = (0..20)
+        .map(|i| ping_at(i + 1, t0 + i.cast_signed() * 1000, PICKUP))
+        .collect();
+    send_json(&mut ws, &json!({"type":"batch","pings":waiting})).await;
+    assert_eq!(until_ack(&mut ws).await.0, 20);
+    for k in 0..40 {
+        let id = format!("rx-{k}");
+        assert_eq!(
+            count(&kinds(&s, &disp, &id).await, "pickup.arrived"),
+            0,
+            "{id}"
+        );
+    }
+    // Two deliveries are assigned to it while it is there: it arrives for
+    // those two at its next fixes, and for no other.
+    let (code, _) = call(
+        http()
+            .put(s.url("/v1/drivers/d1/route"))
+            .bearer_auth(&disp)
+            .json(&json!({"stops":["rx-7", "rx-31"]})),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let more: Vec<Value> = (20..30)
+        .map(|i| ping_at(i + 1, t0 + i.cast_signed() * 1000, PICKUP))
+        .collect();
+    send_json(&mut ws, &json!({"type":"batch","pings":more})).await;
+    assert_eq!(until_ack(&mut ws).await.0, 30);
+    for k in 0..40 {
+        let id = format!("rx-{k}");
+        let expected = usize::from(k == 7 || k == 31);
+        let ev = kinds(&s, &disp, &id).await;
+        assert_eq!(count(&ev, "pickup.arrived"), expected, "{id}: {ev:?}");
+    }
+}
