@@ -125,7 +125,7 @@ proptest! {
                 |id| id == FenceId(2), &mut mine);
             prop_assert!(!s.is_inside(FenceId(1)));
         }
-        let expected: Vec<_> = all.iter().filter(|(id, _)| *id == FenceId(2)).cloned().collect();
+        let expected: Vec<_> = all.iter().filter(|(id, _)| *id == FenceId(2)).copied().collect();
         prop_assert_eq!(&mine, &expected);
         // A fence that stops being relevant midway is forgotten: no exit for it.
         let drop_at = drop_at.min(fixes.len());
@@ -139,9 +139,9 @@ proptest! {
         if drop_at < fixes.len() {
             prop_assert!(!s.is_inside(FenceId(1)));
         }
-        let before: Vec<_> = all.iter().filter(|(_, e)| event_ts(e) <= fixes.get(drop_at.wrapping_sub(1)).map_or(i64::MIN, |f| f.ts_ms)).cloned().collect();
-        let fence1: Vec<_> = out.iter().filter(|(id, _)| *id == FenceId(1)).cloned().collect();
-        let fence1_before: Vec<_> = before.iter().filter(|(id, _)| *id == FenceId(1)).cloned().collect();
+        let before: Vec<_> = all.iter().filter(|(_, e)| event_ts(e) <= fixes.get(drop_at.wrapping_sub(1)).map_or(i64::MIN, |f| f.ts_ms)).copied().collect();
+        let fence1: Vec<_> = out.iter().filter(|(id, _)| *id == FenceId(1)).copied().collect();
+        let fence1_before: Vec<_> = before.iter().filter(|(id, _)| *id == FenceId(1)).copied().collect();
         prop_assert_eq!(fence1, fence1_before);
     }
 
