@@ -324,8 +324,8 @@ impl Subject {
         if self.track.judge(fix, track_cfg) != Verdict::Trusted {
             return;
         }
-        let mut ids = index.lookup(fix.point);
-        ids.retain(|&id| relevant(id));
+        let mut ids = Vec::new();
+        index.lookup_where(fix.point, &mut ids, &relevant);
         ids.extend(self.fences.keys().copied());
         ids.sort_unstable();
         ids.dedup();

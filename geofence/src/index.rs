@@ -236,6 +236,13 @@ impl FenceIndex {
 
     /// Like [`Self::lookup`], appending to `out` (no allocation when it has room).
     pub fn lookup_into(&self, p: Point, out: &mut Vec<FenceId>) {
+        self.lookup_where(p, out, |_| true);
+    }
+
+    /// Like [`Self::lookup_into`], for the fences `keep` accepts only: the
+    /// others are skipped before their exact test, so many fences at one
+    /// spot cost a caller that wants few of them one check each.
+    pub fn lookup_where(&self, p: Point, out: &mut Vec<FenceId>, keep: impl Fn(FenceId) -> bool) {
         let Some(finest) = (0..16).rev().find(|&r| self.per_res[r] > 0) else {
             return;
         };
@@ -260,7 +267,7 @@ impl FenceIndex {
                 let Some(Some(stored)) = self.slots.get(slot as usize) else {
                     continue;
                 };
-                if e & INTERIOR != 0 || stored.fence.contains(p) {
+                if keep(stored.id) && (e & INTERIOR != 0 || stored.fence.contains(p)) {
                     out.push(stored.id);
                 }
             }
@@ -345,6 +352,33 @@ mod tests {
         idx.insert(FenceId(1), f);
         // Compaction keeps the cell count small.
         assert!(idx.cells_of(FenceId(1)).len() <= interior.len() + edge.len());
+    }
+
+    #[test]
+    fn a_filtered_lookup_is_the_lookup_filtered() {
+        // Many fences at one spot (a pharmacy's pickups) and some nearby.
+        let mut idx = FenceIndex::new();
+        for i in 0..200u32 {
+            let r = if i < 150 { 60.0 } else { 20.0 + f64::from(i) };
+            let i = u64::from(i);
+            idx.insert(FenceId(i), Fence::circle(p(60.1699, 24.9384), r).unwrap());
+        }
+        for q in [
+            p(60.1699, 24.9384),
+            p(60.1703, 24.9384),
+            p(60.1712, 24.9390),
+        ] {
+            let mut all = idx.lookup(q);
+            all.retain(|id| id.0 % 7 == 3);
+            all.sort_unstable();
+            let mut some = Vec::new();
+            idx.lookup_where(q, &mut some, |id| id.0 % 7 == 3);
+            some.sort_unstable();
+            assert_eq!(some, all);
+        }
+        let mut none = Vec::new();
+        idx.lookup_where(p(60.1699, 24.9384), &mut none, |_| false);
+        assert!(none.is_empty());
     }
 
     #[test]
