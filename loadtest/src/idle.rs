@@ -69,9 +69,12 @@ pub async fn run(cfg: IdleConfig) -> anyhow::Result<IdleReport> {
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), 0))?;
         let stream = socket.connect(server).await?;
-        let (ws, _) =
-            tokio_tungstenite::client_async(format!("ws://{server}/v1/track/{token}/ws"), stream)
-                .await?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            format!("ws://{server}/v1/track/{token}/ws"),
+            stream,
+            Some(crate::run::client_config()),
+        )
+        .await?;
         open.push(ws);
     }
     tokio::time::sleep(cfg.settle).await;
