@@ -116,15 +116,20 @@ async fn main() -> anyhow::Result<()> {
         while drivers <= cli.max_drivers {
             let r = run(fixed(drivers)).await?;
             let failed = loadtest::stepped::verdict(&r, &loadtest::stepped::Limits::default());
+            let p99 = |p: Option<loadtest::report::Percentiles>| p.map_or(f64::NAN, |p| p.p99_ms);
             println!(
-                "{drivers} drivers: {:.0} pings/s acked, {}",
+                "{drivers} drivers: {:.0} pings/s acked, p99 ping-to-patient {:.1} ms, p99 ack {:.1} ms, server {:.0}% of a core: {}",
                 r.pings_per_s_acked,
+                p99(r.ping_to_patient),
+                p99(r.ack),
+                r.server_cpu_percent.unwrap_or(f64::NAN),
                 failed.as_deref().unwrap_or("held")
             );
             steps.push(loadtest::stepped::Step {
                 drivers,
                 pings_per_s: r.pings_per_s_acked,
                 failed: failed.clone(),
+                report: r.clone(),
             });
             if failed.is_some() {
                 break;

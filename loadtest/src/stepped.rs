@@ -48,6 +48,8 @@ pub struct Step {
     pub drivers: usize,
     pub pings_per_s: f64,
     pub failed: Option<String>,
+    /// Everything the step measured.
+    pub report: Report,
 }
 
 #[cfg(test)]
