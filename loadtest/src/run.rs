@@ -184,7 +184,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     // Dispatchers: positions arrive batched; each is matched to its ping.
     for _ in 0..cfg.dispatchers {
         let ws = connect(&ws_base, "/v1/dispatch/ws", Some(&dispatcher)).await?;
-        tasks.push(tokio::spawn(read_dispatcher(ws, shared.clone())));
+        tasks.push(tokio::spawn(read_dispatcher(
+            ws,
+            format!("lt{run_id}-d"),
+            shared.clone(),
+        )));
     }
 
     // Patients: only allowed keys, statuses in order; windows kept for ETA quality.
@@ -200,7 +204,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let mut writers = Vec::new();
     for d in &fleet.drivers {
         let (tx, reader, interval) =
-            connect_driver(&cfg, &ws_base, d.index, &shared, &sent_at).await?;
+            connect_driver(&cfg, &ws_base, d.index, run_id, &shared, &sent_at).await?;
         writers.push(tx);
         tasks.push(reader);
         // Driver apps ping as often as the server asks.
@@ -289,7 +293,7 @@ fn measured(s: &Shared, elapsed: f64) -> Report {
     }
 }
 
-async fn read_dispatcher(mut ws: Ws, shared: Arc<Mutex<Shared>>) {
+async fn read_dispatcher(mut ws: Ws, prefix: String, shared: Arc<Mutex<Shared>>) {
     while let Some(Ok(m)) = ws.next().await {
         let now = Instant::now();
         if let Some(code) = close_code(&m) {
@@ -308,7 +312,7 @@ async fn read_dispatcher(mut ws: Ws, shared: Arc<Mutex<Shared>>) {
         for p in v["drivers"].as_array().into_iter().flatten() {
             let idx = p["driver_id"]
                 .as_str()
-                .and_then(|d| d.strip_prefix("lt-d"))
+                .and_then(|d| d.strip_prefix(&prefix))
                 .and_then(|d| d.parse().ok());
             if let (Some(i), Some(ts)) = (idx, p["ts"].as_i64())
                 && let Some(sent) = s.sent_by_ts.get(&(i, ts)).copied()
@@ -451,7 +455,11 @@ async fn create_route(
         stops.push(id);
     }
     let res = http
-        .put(format!("{}/v1/drivers/lt-d{}/route", cfg.url, d.index))
+        .put(format!(
+            "{}/v1/drivers/{}/route",
+            cfg.url,
+            driver_sub(run_id, d.index)
+        ))
         .bearer_auth(dispatcher)
         .json(&json!({"stops": stops}))
         .send()
@@ -627,6 +635,12 @@ async fn churn(ws_base: String, tokens: Vec<String>, per_s: usize, shared: Arc<M
 }
 
 /// When each ping was sent, by driver and seq.
+/// A driver's id in a run. Each run has its own drivers and devices: a
+/// stepped run's later steps must not resume the seq cursors of earlier ones.
+fn driver_sub(run_id: i64, i: usize) -> String {
+    format!("lt{run_id}-d{i}")
+}
+
 type SentAt = Arc<Mutex<Vec<Vec<Option<Instant>>>>>;
 
 /// Connects one driver app; returns its writer, the task reading its acks,
@@ -635,14 +649,15 @@ async fn connect_driver(
     cfg: &RunConfig,
     ws_base: &str,
     i: usize,
+    run_id: i64,
     shared: &Arc<Mutex<Shared>>,
     sent_at: &SentAt,
 ) -> anyhow::Result<(Writer, tokio::task::JoinHandle<()>, i64)> {
     let claims = claims_for(
         &cfg.tenant,
         "driver",
-        &format!("lt-d{i}"),
-        Some(&format!("lt-p{i}")),
+        &driver_sub(run_id, i),
+        Some(&format!("lt{run_id}-p{i}")),
         3600,
     );
     let mut ws = connect(ws_base, "/v1/driver/ws", Some(&mint(&cfg.secret, &claims))).await?;

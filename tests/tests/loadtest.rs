@@ -13,7 +13,11 @@ use rxtrack_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_fixed_load_passes_its_end_to_end_checks() {
-    let s = Server::start_with("[limits]\nlink_lookup_burst = 100000\n", &[]);
+    // Driver apps ping as often as the server's config message says: 2 Hz here.
+    let s = Server::start_with(
+        "[limits]\nlink_lookup_burst = 100000\nping_interval_ms = 500\n",
+        &[],
+    );
     let report = run(RunConfig {
         url: s.url(""),
         tenant: "acme".into(),
@@ -29,17 +33,20 @@ async fn a_short_fixed_load_passes_its_end_to_end_checks() {
     })
     .await
     .unwrap();
-    assert!(report.pings_sent >= 8 * 4, "{report:?}");
+    assert!(report.pings_sent >= 8 * 8, "{report:?}");
     assert_eq!(report.pings_acked, report.pings_sent, "{}", report.table());
     let ack = report.ack.unwrap();
     assert_eq!(ack.count, report.pings_sent);
     assert!(ack.p50_ms > 0.0 && ack.p50_ms <= ack.p99_ms && ack.p99_ms <= ack.max_ms);
     assert!(report.ping_to_dispatcher.unwrap().count > 0);
     // Deliveries start en route, so the first fixes turn "updating" into ETA windows.
-    assert!(
-        report.ping_to_patient.unwrap().count > 0,
-        "{}",
-        report.table()
+    let to_patient = report.ping_to_patient.unwrap();
+    assert!(to_patient.count > 0, "{}", report.table());
+    // Every change a patient saw is timed from the server's change, and
+    // those that a ping caused from that ping too.
+    assert_eq!(
+        to_patient.count + report.patient_updates_without_ping,
+        report.change_to_patient.unwrap().count
     );
     assert_eq!(report.patients, 16);
     assert_eq!(report.exposure_violations, 0);
