@@ -60,6 +60,10 @@ struct Cli {
     /// Churn: open and close this many patient sockets per second during the run.
     #[arg(long, default_value_t = 0)]
     churn: usize,
+    /// Seconds of driving before --duration whose latencies are reported
+    /// apart (every driver's first fixes fall in them).
+    #[arg(long, default_value_t = 5)]
+    warmup: u64,
 }
 
 #[tokio::main]
@@ -108,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         patients: !cli.no_patients,
         server_pid: cli.server_pid,
         churn_per_s: cli.churn,
+        warmup: Duration::from_secs(cli.warmup),
     };
     if let Some(step) = cli.step {
         let mut drivers = cli.drivers;

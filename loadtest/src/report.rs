@@ -56,7 +56,7 @@ impl Latency {
     }
 }
 
-/// How long ago a patient's update had its cause, in milliseconds.
+/// When the ping that caused a patient's update was sent (ms, wall clock).
 ///
 /// Patients never see the driver's fixes, so an update names no ping; but a
 /// driver's pings are processed in order, one socket at a time, and a
@@ -68,14 +68,9 @@ impl Latency {
 /// `None` when no ping of the driver was sent in the `window_ms` before the
 /// update: it was not caused by a ping (the setup, or a quiet driver).
 #[must_use]
-pub fn ping_to_patient_ms(
-    sends: &[i64],
-    updated_at: i64,
-    received: i64,
-    window_ms: i64,
-) -> Option<i64> {
+pub fn cause_of_patient_update(sends: &[i64], updated_at: i64, window_ms: i64) -> Option<i64> {
     let cause = *sends.get(sends.partition_point(|&t| t <= updated_at).checked_sub(1)?)?;
-    (updated_at - cause <= window_ms).then(|| (received - cause).max(0))
+    (updated_at - cause <= window_ms).then_some(cause)
 }
 
 /// How well the patients' windows predicted the real arrival, by how far
@@ -108,6 +103,9 @@ pub struct Report {
     pub change_to_patient: Option<Percentiles>,
     /// Patient updates not caused by a ping (no ping of the driver shortly before).
     pub patient_updates_without_ping: u64,
+    /// Ack and ping-to-patient latencies of the pings sent during the warm-up.
+    pub warmup_ack: Option<Percentiles>,
+    pub warmup_ping_to_patient: Option<Percentiles>,
     pub messages_received: u64,
     pub messages_per_s: f64,
     pub errors: BTreeMap<String, u64>,
@@ -159,6 +157,13 @@ impl Report {
         s.push_str(&row("ping to dispatcher", self.ping_to_dispatcher.as_ref()));
         s.push_str(&row("ping to patient", self.ping_to_patient.as_ref()));
         s.push_str(&row("change to patient", self.change_to_patient.as_ref()));
+        if self.warmup_ack.is_some() {
+            s.push_str(&row("ack, warm-up", self.warmup_ack.as_ref()));
+            s.push_str(&row(
+                "ping to patient, w-up",
+                self.warmup_ping_to_patient.as_ref(),
+            ));
+        }
         if self.patient_updates_without_ping > 0 {
             let _ = writeln!(
                 s,
@@ -242,19 +247,16 @@ mod tests {
     fn patient_updates_are_timed_from_the_ping_that_caused_them() {
         // A driver sent at 1000, 2000 (a batch after a dead zone), 3000.
         let sends = [1_000, 2_000, 3_000];
-        // Made at 2004 while the ping sent at 2000 was handled; arrived at 2010.
-        assert_eq!(ping_to_patient_ms(&sends, 2_004, 2_010, 10_000), Some(10));
+        // Made at 2004 while the ping sent at 2000 was handled.
+        assert_eq!(cause_of_patient_update(&sends, 2_004, 10_000), Some(2_000));
         // Made the very millisecond the ping was sent.
-        assert_eq!(ping_to_patient_ms(&sends, 3_000, 3_001, 10_000), Some(1));
+        assert_eq!(cause_of_patient_update(&sends, 3_000, 10_000), Some(3_000));
         // Before the driver's first ping: the setup made it.
-        assert_eq!(ping_to_patient_ms(&sends, 999, 1_005, 10_000), None);
-        assert_eq!(ping_to_patient_ms(&[], 5_000, 5_001, 10_000), None);
+        assert_eq!(cause_of_patient_update(&sends, 999, 10_000), None);
+        assert_eq!(cause_of_patient_update(&[], 5_000, 10_000), None);
         // Long after the last ping: a quiet driver's update, no ping's.
-        assert_eq!(ping_to_patient_ms(&sends, 20_000, 20_001, 10_000), None);
-        assert_eq!(
-            ping_to_patient_ms(&sends, 13_000, 13_020, 10_000),
-            Some(10_020)
-        );
+        assert_eq!(cause_of_patient_update(&sends, 20_000, 10_000), None);
+        assert_eq!(cause_of_patient_update(&sends, 13_000, 10_000), Some(3_000));
     }
 
     #[test]

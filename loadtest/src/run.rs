@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::report::{EtaBucket, Latency, Report, ping_to_patient_ms, proc_sample};
+use crate::report::{EtaBucket, Latency, Report, cause_of_patient_update, proc_sample};
 use crate::roads::RoadGraph;
 use crate::sim::{Fleet, Out, SimConfig, SimDriver};
 
@@ -43,6 +43,12 @@ pub struct RunConfig {
     /// Churn: patient sockets opened (snapshot read) and closed per second
     /// during the run, on top of the steady ones.
     pub churn_per_s: usize,
+    /// Driving before `duration` starts. Its pings count (sent, acked,
+    /// lost), but their ack and ping-to-patient latencies go to separate
+    /// warm-up rows and their dispatcher latencies nowhere: every driver's
+    /// first fixes fall in it, and they cost the server more than later ones
+    /// (first ETA of each route, new detector and driver state).
+    pub warmup: Duration,
 }
 
 fn now_ms() -> i64 {
@@ -120,6 +126,11 @@ struct Shared {
     dispatcher: Latency,
     patient: Latency,
     change: Latency,
+    warmup_ack: Latency,
+    warmup_patient: Latency,
+    /// Latencies of pings sent before this instant are warm-up.
+    measure_from: Option<Instant>,
+    measure_from_ms: i64,
     /// Send time (wall clock, ms) of each message of each driver, ascending.
     sends: Vec<Vec<i64>>,
     patient_without_ping: u64,
@@ -230,28 +241,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     }
     // The fleet drives from now on: no pings fell due during the setup.
     fleet.delay(now_ms() - start);
-    let cpu_before = cfg.server_pid.and_then(proc_sample);
-    let began = Instant::now();
-    let mut pings_sent = 0u64;
-    // Pings go out as they fall due, a few milliseconds apart: real driver
-    // apps are not synchronised, and sending each 50 ms of pings at once
-    // (the first version) measured the generator's bursts, not the server.
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shown = Instant::now();
-    while began.elapsed() < cfg.duration {
-        tick.tick().await;
-        if shown.elapsed() >= Duration::from_secs(1) {
-            shown = Instant::now();
-            progress(began, pings_sent, &shared);
-        }
-        let now = now_ms();
-        for (i, out) in fleet.step(now) {
-            pings_sent += send(i, out, &sent_at, &shared, &mut writers[i]).await;
-        }
-    }
-    let elapsed = began.elapsed().as_secs_f64();
-    let cpu_after = cfg.server_pid.and_then(proc_sample);
+    let driven = drive(&cfg, &mut fleet, &mut writers, &sent_at, &shared).await;
+    // Rates over the whole drive (warm-up pings count as sent and acked).
+    let elapsed = driven.total_s;
     // Let the last acks and fan-out arrive.
     tokio::time::sleep(Duration::from_millis(800)).await;
     for w in &mut writers {
@@ -261,7 +253,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         t.abort();
     }
 
-    let server_cpu_percent = cpu_percent(cpu_before, cpu_after, elapsed);
+    let server_cpu_percent = cpu_percent(driven.cpu_before, driven.cpu_after, driven.measured_s);
     let s = lock(&shared);
     Ok(Report {
         duration_s: elapsed,
@@ -269,12 +261,67 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         deliveries: links.len(),
         patients: if cfg.patients { links.len() } else { 0 },
         dispatchers: cfg.dispatchers,
-        pings_sent,
+        pings_sent: driven.pings_sent,
         server_cpu_percent,
-        server_rss_kib: cpu_after.map(|(_, rss)| rss),
+        server_rss_kib: driven.cpu_after.map(|(_, rss)| rss),
         eta_by_minutes_ahead: eta_quality(&s.windows, &links, &delivery_of, &fleet),
         ..measured(&s, elapsed)
     })
+}
+
+/// What driving the fleet sent, and the server's CPU and memory around
+/// the measured part (after the warm-up).
+struct Driven {
+    pings_sent: u64,
+    total_s: f64,
+    measured_s: f64,
+    cpu_before: Option<(u64, u64)>,
+    cpu_after: Option<(u64, u64)>,
+}
+
+/// Drives the fleet through the warm-up and the measured duration.
+async fn drive(
+    cfg: &RunConfig,
+    fleet: &mut Fleet,
+    writers: &mut [Writer],
+    sent_at: &SentAt,
+    shared: &Mutex<Shared>,
+) -> Driven {
+    let began = Instant::now();
+    let measure_from = began + cfg.warmup;
+    {
+        let mut s = lock(shared);
+        s.measure_from = Some(measure_from);
+        s.measure_from_ms = now_ms() + i64::try_from(cfg.warmup.as_millis()).unwrap_or(0);
+    }
+    let mut cpu_before = None;
+    let mut pings_sent = 0u64;
+    // Pings go out as they fall due, a few milliseconds apart: real driver
+    // apps are not synchronised, and sending each 50 ms of pings at once
+    // (the first version) measured the generator's bursts, not the server.
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shown = Instant::now();
+    while began.elapsed() < cfg.duration + cfg.warmup {
+        tick.tick().await;
+        if cpu_before.is_none() && Instant::now() >= measure_from {
+            cpu_before = Some(cfg.server_pid.and_then(proc_sample));
+        }
+        if shown.elapsed() >= Duration::from_secs(1) {
+            shown = Instant::now();
+            progress(began, pings_sent, shared);
+        }
+        for (i, out) in fleet.step(now_ms()) {
+            pings_sent += send(i, out, sent_at, shared, &mut writers[i]).await;
+        }
+    }
+    Driven {
+        pings_sent,
+        total_s: began.elapsed().as_secs_f64(),
+        measured_s: measure_from.elapsed().as_secs_f64(),
+        cpu_before: cpu_before.flatten(),
+        cpu_after: cfg.server_pid.and_then(proc_sample),
+    }
 }
 
 /// What the reader tasks measured.
@@ -287,6 +334,8 @@ fn measured(s: &Shared, elapsed: f64) -> Report {
         ping_to_dispatcher: pct(&s.dispatcher),
         ping_to_patient: pct(&s.patient),
         change_to_patient: pct(&s.change),
+        warmup_ack: pct(&s.warmup_ack),
+        warmup_ping_to_patient: pct(&s.warmup_patient),
         patient_updates_without_ping: s.patient_without_ping,
         messages_received: s.messages,
         messages_per_s: s.messages as f64 / elapsed,
@@ -340,6 +389,7 @@ async fn read_dispatcher(mut ws: Ws, prefix: String, shared: Arc<Mutex<Shared>>)
                 .and_then(|d| d.parse().ok());
             if let Some(i) = idx
                 && let Some(sent) = s.sent_by_ts.get(&(i, p.ts)).copied()
+                && s.measure_from.is_some_and(|from| sent >= from)
             {
                 s.dispatcher.record_us(
                     u64::try_from(now.duration_since(sent).as_micros()).unwrap_or(u64::MAX),
@@ -388,8 +438,15 @@ async fn read_patient(mut ws: Ws, n: usize, driver: usize, shared: Arc<Mutex<Sha
             s.change
                 .record_us(u64::try_from((recv - u).max(0) * 1000).unwrap_or(0));
             let sends = s.sends.get(driver).map_or(&[][..], Vec::as_slice);
-            match ping_to_patient_ms(sends, u, recv, CAUSE_WINDOW_MS) {
-                Some(ms) => s.patient.record_us(u64::try_from(ms * 1000).unwrap_or(0)),
+            match cause_of_patient_update(sends, u, CAUSE_WINDOW_MS) {
+                Some(cause) => {
+                    let us = u64::try_from((recv - cause).max(0) * 1000).unwrap_or(0);
+                    if cause >= s.measure_from_ms {
+                        s.patient.record_us(us);
+                    } else {
+                        s.warmup_patient.record_us(us);
+                    }
+                }
                 None => s.patient_without_ping += 1,
             }
         }
@@ -548,9 +605,12 @@ async fn read_driver(
                 acked = acked.max(seq);
                 let mut s = lock(&shared);
                 for t in sent {
-                    s.ack.record_us(
-                        u64::try_from(now.duration_since(t).as_micros()).unwrap_or(u64::MAX),
-                    );
+                    let us = u64::try_from(now.duration_since(t).as_micros()).unwrap_or(u64::MAX);
+                    if s.measure_from.is_some_and(|from| t >= from) {
+                        s.ack.record_us(us);
+                    } else {
+                        s.warmup_ack.record_us(us);
+                    }
                     s.acked += 1;
                 }
             }
