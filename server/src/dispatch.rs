@@ -51,8 +51,33 @@ const POSITION_RES: Resolution = Resolution::Fifteen;
 struct Position {
     version: u64,
     received: std::time::Instant,
-    cell: Option<CellIndex>,
+    lat: f64,
+    lng: f64,
+    /// The fix's H3 cell, computed the first time a viewport asks (most
+    /// dispatchers watch the whole tenant; `to_cell` is the dearest step).
+    cell: std::sync::OnceLock<Option<CellIndex>>,
     json: Bytes,
+}
+
+impl Position {
+    fn cell(&self) -> Option<CellIndex> {
+        *self.cell.get_or_init(|| {
+            h3o::LatLng::new(self.lat, self.lng)
+                .ok()
+                .map(|ll| ll.to_cell(POSITION_RES))
+        })
+    }
+}
+
+/// A position as dispatchers receive it.
+#[derive(serde::Serialize)]
+struct PositionOut<'a> {
+    driver_id: &'a SubjectId,
+    lat: f64,
+    lng: f64,
+    ts: i64,
+    speed: Option<f64>,
+    heading: Option<f64>,
 }
 
 /// One tenant's fan-out.
@@ -74,17 +99,16 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// Records a driver's newest position (encoded once, shared by every socket).
     pub fn position(&self, driver: &SubjectId, fix: &Fix) {
-        let json = serde_json::json!({
-            "driver_id": driver,
-            "lat": fix.pos.lat,
-            "lng": fix.pos.lng,
-            "ts": fix.ts.0,
-            "speed": fix.speed,
-            "heading": fix.heading,
-        });
-        let cell = h3o::LatLng::new(fix.pos.lat, fix.pos.lng)
-            .ok()
-            .map(|ll| ll.to_cell(POSITION_RES));
+        let Ok(json) = serde_json::to_vec(&PositionOut {
+            driver_id: driver,
+            lat: fix.pos.lat,
+            lng: fix.pos.lng,
+            ts: fix.ts.0,
+            speed: fix.speed,
+            heading: fix.heading,
+        }) else {
+            return;
+        };
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
         let mut map = self
             .positions
@@ -95,8 +119,10 @@ impl Hub {
             Position {
                 version,
                 received: std::time::Instant::now(),
-                cell,
-                json: Bytes::from(json.to_string()),
+                lat: fix.pos.lat,
+                lng: fix.pos.lng,
+                cell: std::sync::OnceLock::new(),
+                json: Bytes::from(json),
             },
         );
     }
@@ -142,7 +168,7 @@ impl Hub {
             }
             fresh += 1;
             if let Some(v) = viewport
-                && !p.cell.is_some_and(|c| v.contains(c))
+                && !p.cell().is_some_and(|c| v.contains(c))
             {
                 continue;
             }
