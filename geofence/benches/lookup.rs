@@ -1,14 +1,15 @@
 //! Point lookups with 1k, 10k and 100k active fences (40–300 m circles and
 //! small polygons spread over a city), next to a brute-force scan and an
 //! R-tree (`rstar`) of bounding boxes with the same exact test, in one run;
-//! the cost of adding and removing a fence; and heap bytes per fence.
+//! the cost of adding and removing a fence; heap bytes per fence; and a
+//! crowded spot (5,000 fences at one pharmacy), whole and filtered.
 //!
 //! `cargo bench -p rxtrack-geofence --bench lookup`
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use geofence::{Fence, FenceId, FenceIndex, Point};
+use geofence::{Fence, FenceId, FenceIndex, Fix, Point, ProximityConfig, Subject, TrackConfig};
 use rstar::RTree;
 use rstar::primitives::{GeomWithData, Rectangle};
 
@@ -178,5 +179,77 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// A busy pharmacy: the pickup fence of each of 5,000 deliveries at one
+/// spot, and a driver there who cares about its own two stops.
+fn crowded_spot(c: &mut Criterion) {
+    let mut g = c.benchmark_group("crowded_spot_5000_fences");
+    let mut idx = FenceIndex::new();
+    let pharmacy = Point::new(60.1699, 24.9384).expect("a valid point");
+    for i in 0..5000u64 {
+        idx.insert(
+            FenceId(i),
+            Fence::circle(pharmacy, 60.0).expect("a valid fence"),
+        );
+    }
+    let here = Point::new(60.16995, 24.93845).expect("a valid point");
+    let mine = [FenceId(1234), FenceId(4321)];
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("lookup_all", |b| {
+        let mut out = Vec::new();
+        b.iter(|| {
+            out.clear();
+            idx.lookup_into(black_box(here), &mut out);
+            out.len()
+        });
+    });
+    g.bench_function("lookup_where_own_two", |b| {
+        let mut out = Vec::new();
+        b.iter(|| {
+            out.clear();
+            idx.lookup_where(black_box(here), &mut out, |id| mine.contains(&id));
+            out.len()
+        });
+    });
+    // The proximity detector of a driver parked there: every fence, or its own.
+    let mut ts = 1_764_072_000_000i64;
+    let mut fix = move || {
+        ts += 1000;
+        Fix {
+            ts_ms: ts,
+            point: here,
+            accuracy_m: Some(5.0),
+        }
+    };
+    let mut all = Subject::default();
+    let mut own = Subject::default();
+    let mut events = Vec::new();
+    g.bench_function("detector_every_fence", |b| {
+        b.iter(|| {
+            events.clear();
+            all.observe(
+                &idx,
+                &fix(),
+                &TrackConfig::default(),
+                |_| ProximityConfig::default(),
+                &mut events,
+            );
+        });
+    });
+    g.bench_function("detector_own_two", |b| {
+        b.iter(|| {
+            events.clear();
+            own.observe_only(
+                &idx,
+                &fix(),
+                &TrackConfig::default(),
+                |_| ProximityConfig::default(),
+                |id| mine.contains(&id),
+                &mut events,
+            );
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, crowded_spot);
 criterion_main!(benches);
