@@ -96,7 +96,7 @@ pub struct Report {
     pub ack: Option<Percentiles>,
     pub ping_to_dispatcher: Option<Percentiles>,
     /// From the ping that caused a patient update to its arrival at the
-    /// patient (see [`ping_to_patient_ms`]).
+    /// patient (see [`cause_of_patient_update`]).
     pub ping_to_patient: Option<Percentiles>,
     /// From the server making a patient update (its `updated_at`) to its
     /// arrival at the patient.
