@@ -3,7 +3,7 @@
 //! streams, drives the fleet in real time, and measures what comes back.
 //! Only the public protocol is used.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -214,7 +214,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     }
 
     // Drivers: a writer here, a reader task each for acks and errors.
-    let sent_at: SentAt = Arc::new(Mutex::new(vec![Vec::new(); fleet.drivers.len()]));
+    let sent_at: SentAt = Arc::new(Mutex::new(vec![VecDeque::new(); fleet.drivers.len()]));
     let mut writers = Vec::new();
     for d in &fleet.drivers {
         let (tx, reader, interval) =
@@ -310,6 +310,7 @@ async fn drive(
         if shown.elapsed() >= Duration::from_secs(1) {
             shown = Instant::now();
             progress(began, pings_sent, shared);
+            forget_old_sends(&mut lock(shared));
         }
         for (i, out) in fleet.step(now_ms()) {
             pings_sent += send(i, out, sent_at, shared, &mut writers[i]).await;
@@ -321,6 +322,22 @@ async fn drive(
         measured_s: measure_from.elapsed().as_secs_f64(),
         cpu_before: cpu_before.flatten(),
         cpu_after: cfg.server_pid.and_then(proc_sample),
+    }
+}
+
+/// Forgets send times no reply can refer to any more, so that long runs
+/// hold memory for the last seconds only: positions reach dispatchers within
+/// a conflation interval, and patient updates name their cause within
+/// `CAUSE_WINDOW_MS`.
+fn forget_old_sends(s: &mut Shared) {
+    const KEEP: Duration = Duration::from_secs(30);
+    if let Some(horizon) = Instant::now().checked_sub(KEEP) {
+        s.sent_by_ts.retain(|_, sent| *sent >= horizon);
+    }
+    let horizon_ms = now_ms() - CAUSE_WINDOW_MS - 20_000;
+    for sends in &mut s.sends {
+        let old = sends.partition_point(|&t| t < horizon_ms);
+        sends.drain(..old);
     }
 }
 
@@ -575,7 +592,6 @@ async fn read_driver(
     shared: Arc<Mutex<Shared>>,
     sent_at: SentAt,
 ) {
-    let mut acked = 0u64;
     while let Some(Ok(m)) = rx.next().await {
         let now = Instant::now();
         if let Some(code) = close_code(&m) {
@@ -592,17 +608,13 @@ async fn read_driver(
         match v["type"].as_str() {
             Some("ack") => {
                 let seq = v["seq"].as_u64().unwrap_or(0);
+                // The ack covers every unacknowledged ping up to `seq`.
                 let sent: Vec<Instant> = {
                     let mut all = sent_at.lock().unwrap_or_else(PoisonError::into_inner);
                     let mine = &mut all[i];
-                    (acked + 1..=seq)
-                        .filter_map(|q| {
-                            mine.get_mut(usize::try_from(q).unwrap_or(usize::MAX))
-                                .and_then(Option::take)
-                        })
-                        .collect()
+                    let covered = mine.partition_point(|&(q, _)| q <= seq);
+                    mine.drain(..covered).map(|(_, t)| t).collect()
                 };
-                acked = acked.max(seq);
                 let mut s = lock(&shared);
                 for t in sent {
                     let us = u64::try_from(now.duration_since(t).as_micros()).unwrap_or(u64::MAX);
@@ -630,7 +642,7 @@ type Writer = futures_util::stream::SplitSink<Ws, Message>;
 async fn send(
     i: usize,
     out: Out,
-    sent_at: &Mutex<Vec<Vec<Option<Instant>>>>,
+    sent_at: &Mutex<Vec<VecDeque<(u64, Instant)>>>,
     shared: &Mutex<Shared>,
     writer: &mut Writer,
 ) -> u64 {
@@ -647,11 +659,7 @@ async fn send(
             sends.push(now_ms());
         }
         for p in pings {
-            let seq = usize::try_from(p.seq).unwrap_or(0);
-            if mine.len() <= seq {
-                mine.resize(seq + 1, None);
-            }
-            mine[seq] = Some(sent);
+            mine.push_back((p.seq, sent));
             s.sent_by_ts.insert((i, p.ts), sent);
         }
     }
@@ -725,7 +733,8 @@ fn driver_sub(run_id: i64, i: usize) -> String {
     format!("lt{run_id}-d{i}")
 }
 
-type SentAt = Arc<Mutex<Vec<Vec<Option<Instant>>>>>;
+/// Each driver's unacknowledged pings, (seq, send time), in seq order.
+type SentAt = Arc<Mutex<Vec<VecDeque<(u64, Instant)>>>>;
 
 /// Connects one driver app; returns its writer, the task reading its acks,
 /// and the ping interval the server asked for.
