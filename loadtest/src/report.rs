@@ -143,10 +143,11 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "pings sent {} acked {} ({:.0}/s); messages received {} ({:.0}/s)",
+            "pings sent {} acked {} ({:.0}/s, {} unacknowledged); messages received {} ({:.0}/s)",
             self.pings_sent,
             self.pings_acked,
             self.pings_per_s_acked,
+            self.pings_sent.saturating_sub(self.pings_acked),
             self.messages_received,
             self.messages_per_s
         );
@@ -257,6 +258,39 @@ mod tests {
         // Long after the last ping: a quiet driver's update, no ping's.
         assert_eq!(cause_of_patient_update(&sends, 20_000, 10_000), None);
         assert_eq!(cause_of_patient_update(&sends, 13_000, 10_000), Some(3_000));
+    }
+
+    #[test]
+    fn the_table_shows_what_was_measured() {
+        let mut ack = Latency::default();
+        for ms in 1..=100u64 {
+            ack.record_us(ms * 1000);
+        }
+        let r = Report {
+            drivers: 2,
+            pings_sent: 100,
+            pings_acked: 97,
+            pings_per_s_acked: 9.7,
+            ack: Some(ack.percentiles()),
+            closes: BTreeMap::from([("driver 4410".to_owned(), 1)]),
+            warmup_ack: Some(ack.percentiles()),
+            ..Report::default()
+        };
+        let t = r.table();
+        assert!(
+            t.contains("pings sent 100 acked 97 (10/s, 3 unacknowledged)"),
+            "{t}"
+        );
+        let row = t.lines().find(|l| l.starts_with("ack ")).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells[1..],
+            ["100", "50.02", "90.05", "99.01", "100.03", "100.03"],
+            "{t}"
+        );
+        assert!(t.contains("ack, warm-up"), "{t}");
+        assert!(t.contains("\"driver 4410\": 1"), "{t}");
+        assert!(!t.contains("server:"), "no server pid, no server line: {t}");
     }
 
     #[test]
