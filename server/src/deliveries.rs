@@ -397,7 +397,12 @@ pub struct TenantState {
     active: usize,
     /// Pickup and drop-off fences of active deliveries.
     fences: FenceIndex,
-    fence_owner: HashMap<FenceId, (DeliveryId, Stop)>,
+    /// The deliveries (and which of their stops) a fence serves. Identical
+    /// fences are one fence: a pharmacy's pickup of every delivery it sends.
+    fence_owner: HashMap<FenceId, Vec<(DeliveryId, Stop)>>,
+    /// Fences by their exact shape as the API took it, and back.
+    fence_by_shape: HashMap<String, FenceId>,
+    fence_shape: HashMap<FenceId, String>,
     next_fence: u64,
     /// The proximity detector's state per driver (rebuilt from fixes; the
     /// log's arrived/departed events keep it from repeating itself).
@@ -429,6 +434,29 @@ pub struct Committed<T> {
     pub events: Vec<Event>,
     pub pending: Vec<Pending>,
     pub value: T,
+}
+
+/// A proximity event of `id`, decided by `fix`.
+fn proximity_draft(
+    kind: EventKind,
+    id: &DeliveryId,
+    who: &Principal,
+    now: UnixMillis,
+    fix: &geofence::Fix,
+) -> Draft {
+    Draft {
+        kind,
+        delivery_id: Some(id.as_str().to_owned()),
+        at: now.0,
+        device_ts: Some(fix.ts_ms),
+        actor: actor_of(who),
+        where_: Some(Where {
+            lat: fix.point.lat(),
+            lng: fix.point.lng(),
+            acc: fix.accuracy_m,
+        }),
+        data: serde_json::Value::Null,
+    }
 }
 
 fn actor_of(p: &Principal) -> Actor {
@@ -476,6 +504,8 @@ impl Tenant {
                 active: 0,
                 fences: FenceIndex::new(),
                 fence_owner: HashMap::new(),
+                fence_by_shape: HashMap::new(),
+                fence_shape: HashMap::new(),
                 next_fence: 0,
                 drivers: HashMap::new(),
                 driver_live: HashMap::new(),
@@ -944,8 +974,7 @@ impl TenantState {
                 }
                 if let Some((p, q)) = ended {
                     for f in [p, q] {
-                        self.fences.remove(f);
-                        self.fence_owner.remove(&f);
+                        self.release_fence(f, &id);
                     }
                 }
                 self.refresh_patient(&id, at);
@@ -990,13 +1019,52 @@ impl TenantState {
             tracing::warn!("a delivery's fences no longer validate; it gets no proximity events");
             return None;
         };
-        let ids = (FenceId(self.next_fence), FenceId(self.next_fence + 1));
-        self.next_fence += 2;
-        self.fences.insert(ids.0, p);
-        self.fences.insert(ids.1, q);
-        self.fence_owner.insert(ids.0, (id.clone(), Stop::Pickup));
-        self.fence_owner.insert(ids.1, (id.clone(), Stop::Dropoff));
-        Some(ids)
+        Some((
+            self.share_fence(id, Stop::Pickup, pickup, p),
+            self.share_fence(id, Stop::Dropoff, dropoff, q),
+        ))
+    }
+
+    /// The fence of this exact shape, made if no active delivery has it yet;
+    /// `id`'s `stop` becomes one of its owners.
+    fn share_fence(
+        &mut self,
+        id: &DeliveryId,
+        stop: Stop,
+        shape: &Fence,
+        fence: geofence::Fence,
+    ) -> FenceId {
+        let key = serde_json::to_string(shape).unwrap_or_default();
+        let fid = if let Some(&f) = self.fence_by_shape.get(&key) {
+            f
+        } else {
+            let f = FenceId(self.next_fence);
+            self.next_fence += 1;
+            self.fences.insert(f, fence);
+            self.fence_by_shape.insert(key.clone(), f);
+            self.fence_shape.insert(f, key);
+            f
+        };
+        self.fence_owner
+            .entry(fid)
+            .or_default()
+            .push((id.clone(), stop));
+        fid
+    }
+
+    /// `id` no longer uses fence `f`; the last owner's leaving removes it.
+    fn release_fence(&mut self, f: FenceId, id: &DeliveryId) {
+        let Some(owners) = self.fence_owner.get_mut(&f) else {
+            return;
+        };
+        owners.retain(|(o, _)| o != id);
+        if owners.is_empty() {
+            self.fence_owner.remove(&f);
+            self.fences.remove(f);
+            if let Some(key) = self.fence_shape.remove(&f) {
+                self.fence_by_shape.remove(&key);
+            }
+        }
     }
 
     /// Runs a driver's new fixes through the proximity detector and returns
@@ -1045,10 +1113,15 @@ impl TenantState {
         let route = self.routes.get(&who.sub);
         // Flags as the events of this batch would leave them.
         let mut flags: HashMap<DeliveryId, (bool, bool)> = HashMap::new();
-        for (fence, event) in found {
-            let Some((id, stop)) = self.fence_owner.get(&fence) else {
-                continue;
-            };
+        // A shared fence's event counts for each of the driver's deliveries at it.
+        let found = found.into_iter().flat_map(|(fence, event)| {
+            self.fence_owner
+                .get(&fence)
+                .into_iter()
+                .flatten()
+                .map(move |(id, stop)| (id, *stop, event))
+        });
+        for (id, stop, event) in found {
             if !route.is_some_and(|r| r.contains(id)) {
                 continue;
             }
@@ -1077,21 +1150,60 @@ impl TenantState {
                 }
                 _ => continue,
             };
-            drafts.push(Draft {
-                kind,
-                delivery_id: Some(id.as_str().to_owned()),
-                at: now.0,
-                device_ts: Some(fix.ts_ms),
-                actor: actor_of(who),
-                where_: Some(Where {
-                    lat: fix.point.lat(),
-                    lng: fix.point.lng(),
-                    acc: fix.accuracy_m,
-                }),
-                data: serde_json::Value::Null,
-            });
+            drafts.push(proximity_draft(kind, id, who, now, &fix));
         }
+        self.arrivals_inside(who, now, &flags, &mut drafts);
         drafts
+    }
+
+    /// A delivery added to the route while its driver is already inside a
+    /// fence it shares with another (a second order collected at the same
+    /// pharmacy) arrives with the driver's newest trusted fix. `flags`: the
+    /// arrived flags as this batch's events leave them.
+    fn arrivals_inside(
+        &self,
+        who: &Principal,
+        now: UnixMillis,
+        flags: &HashMap<DeliveryId, (bool, bool)>,
+        drafts: &mut Vec<Draft>,
+    ) {
+        let (Some(route), Some(detector)) = (self.routes.get(&who.sub), self.drivers.get(&who.sub))
+        else {
+            return;
+        };
+        let Some(last) = detector.track().last_trusted() else {
+            return;
+        };
+        for id in route {
+            let Some(d) = self.deliveries.get(id) else {
+                continue;
+            };
+            let Some((pickup, dropoff)) = d.fences else {
+                continue;
+            };
+            let (at_pickup, at_dropoff) = flags
+                .get(id)
+                .copied()
+                .unwrap_or((d.at_pickup, d.at_dropoff));
+            if detector.is_inside(pickup) && !at_pickup {
+                drafts.push(proximity_draft(
+                    EventKind::PickupArrived,
+                    id,
+                    who,
+                    now,
+                    &last,
+                ));
+            }
+            if detector.is_inside(dropoff) && !at_dropoff {
+                drafts.push(proximity_draft(
+                    EventKind::DropoffArrived,
+                    id,
+                    who,
+                    now,
+                    &last,
+                ));
+            }
+        }
     }
 
     fn apply_created(&mut self, id: DeliveryId, at: UnixMillis, e: &Event) {

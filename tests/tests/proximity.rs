@@ -281,4 +281,47 @@ async fn a_driver_waiting_at_a_busy_pharmacy_arrives_for_its_own_deliveries_only
         let ev = kinds(&s, &disp, &id).await;
         assert_eq!(count(&ev, "pickup.arrived"), expected, "{id}: {ev:?}");
     }
+
+    // A third order is handed over while the driver is still there: it
+    // arrives too (the pickup fence is one, shared by all forty), and the
+    // first two do not arrive again.
+    let (code, _) = call(
+        http()
+            .put(s.url("/v1/drivers/d1/route"))
+            .bearer_auth(&disp)
+            .json(&json!({"stops":["rx-7", "rx-31", "rx-12"]})),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let more: Vec<Value> = (30..35)
+        .map(|i| ping_at(i + 1, t0 + i.cast_signed() * 1000, PICKUP))
+        .collect();
+    send_json(&mut ws, &json!({"type":"batch","pings":more})).await;
+    assert_eq!(until_ack(&mut ws).await.0, 35);
+    for (id, arrived) in [("rx-7", 1), ("rx-31", 1), ("rx-12", 1), ("rx-13", 0)] {
+        let ev = kinds(&s, &disp, id).await;
+        assert_eq!(count(&ev, "pickup.arrived"), arrived, "{id}: {ev:?}");
+    }
+
+    // rx-7 is cancelled; the fence stays for the others: driving off
+    // departs rx-31 and rx-12, and nothing more is recorded for rx-7.
+    let (code, out) = call(
+        http()
+            .post(s.url("/v1/deliveries/rx-7/status"))
+            .bearer_auth(&disp)
+            .json(&json!({"status":"cancelled"})),
+    )
+    .await;
+    assert_eq!(code, 200, "{out}");
+    let away: Vec<Value> = leg(PICKUP, DROPOFF, 30)
+        .into_iter()
+        .zip(35u64..)
+        .map(|(p, i)| ping_at(i + 1, t0 + i.cast_signed() * 1000, p))
+        .collect();
+    send_json(&mut ws, &json!({"type":"batch","pings":away})).await;
+    assert_eq!(until_ack(&mut ws).await.0, 65);
+    for (id, departed) in [("rx-7", 0), ("rx-31", 1), ("rx-12", 1)] {
+        let ev = kinds(&s, &disp, id).await;
+        assert_eq!(count(&ev, "pickup.departed"), departed, "{id}: {ev:?}");
+    }
 }
