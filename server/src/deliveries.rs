@@ -1083,7 +1083,7 @@ impl TenantState {
             .filter_map(|id| self.deliveries.get(id)?.fences)
             .flat_map(|(pickup, dropoff)| [pickup, dropoff])
             .collect();
-        // No allocation per ping once the driver is known.
+        // The detector is made once per driver, not per ping.
         if !self.drivers.contains_key(&who.sub) {
             self.drivers
                 .insert(who.sub.clone(), geofence::Subject::default());
