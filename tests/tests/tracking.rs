@@ -380,20 +380,31 @@ async fn lookups_are_rate_limited_and_slow_patients_are_closed() {
     )
     .await;
     assert_eq!(patient_next(&mut reader).await["status"], "en_route");
+    // Heartbeats every 300 ms: the stalled one is closed after three go
+    // unanswered. Keep reading until the server says so (a loaded machine
+    // may take longer than the nominal second).
+    let metrics_url = s.url("/metrics");
     let reading = tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, reader.next()).await {}
-        reader
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut m = String::new();
+        while tokio::time::Instant::now() < deadline {
+            let soon = tokio::time::Instant::now() + Duration::from_millis(200);
+            while let Ok(Some(Ok(_))) = tokio::time::timeout_at(soon, reader.next()).await {}
+            m = http()
+                .get(&metrics_url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if m.contains("rxtrack_slow_closes_total 1") {
+                break;
+            }
+        }
+        (reader, m)
     });
-    let mut reader = reading.await.unwrap();
-    let m = http()
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (mut reader, m) = reading.await.unwrap();
     assert!(m.contains("rxtrack_slow_closes_total 1"), "{m}");
     // The stalled socket was closed with 4410 (after what it had not read).
     assert_eq!(close_code(&mut stalled, 5).await, Some(4410));
