@@ -403,6 +403,9 @@ pub struct TenantState {
     /// Fences by their exact shape as the API took it, and back.
     fence_by_shape: HashMap<String, FenceId>,
     fence_shape: HashMap<FenceId, String>,
+    /// The fences of each driver's route, as the detector needs them on
+    /// every fix; remade when the route or a delivery on it changes.
+    route_fences: HashMap<SubjectId, Vec<FenceId>>,
     next_fence: u64,
     /// The proximity detector's state per driver (rebuilt from fixes; the
     /// log's arrived/departed events keep it from repeating itself).
@@ -506,6 +509,7 @@ impl Tenant {
                 fence_owner: HashMap::new(),
                 fence_by_shape: HashMap::new(),
                 fence_shape: HashMap::new(),
+                route_fences: HashMap::new(),
                 next_fence: 0,
                 drivers: HashMap::new(),
                 driver_live: HashMap::new(),
@@ -930,6 +934,7 @@ impl TenantState {
                     r.retain(|s| s != &id);
                 }
                 if let Some(p) = &previous {
+                    self.cache_route_fences(p);
                     self.refresh_route(p, at);
                 }
                 if let (Some(driver), Some(stop)) = (&a.driver_id, a.stop) {
@@ -938,6 +943,7 @@ impl TenantState {
                     r.insert(stop.min(r.len()), id.clone());
                 }
                 if let Some(driver) = &a.driver_id {
+                    self.cache_route_fences(driver);
                     self.refresh_route(driver, at);
                 }
                 self.refresh_patient(&id, at);
@@ -979,6 +985,7 @@ impl TenantState {
                 }
                 self.refresh_patient(&id, at);
                 if let Some(drv) = route_of {
+                    self.cache_route_fences(&drv);
                     self.refresh_route(&drv, at);
                 }
             }
@@ -1052,6 +1059,26 @@ impl TenantState {
         fid
     }
 
+    /// The fences of `driver`'s route, from the route and its deliveries.
+    fn fences_of_route(&self, driver: &SubjectId) -> Vec<FenceId> {
+        self.routes
+            .get(driver)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.deliveries.get(id)?.fences)
+            .flat_map(|(pickup, dropoff)| [pickup, dropoff])
+            .collect()
+    }
+
+    fn cache_route_fences(&mut self, driver: &SubjectId) {
+        let fences = self.fences_of_route(driver);
+        if fences.is_empty() {
+            self.route_fences.remove(driver);
+        } else {
+            self.route_fences.insert(driver.clone(), fences);
+        }
+    }
+
     /// `id` no longer uses fence `f`; the last owner's leaving removes it.
     fn release_fence(&mut self, f: FenceId, id: &DeliveryId) {
         let Some(owners) = self.fence_owner.get_mut(&f) else {
@@ -1073,21 +1100,22 @@ impl TenantState {
     /// visit as the log already records it.
     fn proximity_drafts(&mut self, who: &Principal, fixes: &[Fix], now: UnixMillis) -> Vec<Draft> {
         let mut found = Vec::new();
-        // Only the fences of the driver's own stops count: a pharmacy's
-        // pickup fence of every delivery it sends out lies at one spot.
-        let mine: Vec<FenceId> = self
-            .routes
-            .get(&who.sub)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.deliveries.get(id)?.fences)
-            .flat_map(|(pickup, dropoff)| [pickup, dropoff])
-            .collect();
+        debug_assert_eq!(
+            self.route_fences.get(&who.sub).cloned().unwrap_or_default(),
+            self.fences_of_route(&who.sub),
+            "the cached route fences are stale"
+        );
         // The detector is made once per driver, not per ping.
         if !self.drivers.contains_key(&who.sub) {
             self.drivers
                 .insert(who.sub.clone(), geofence::Subject::default());
         }
+        // Only the fences of the driver's own stops count: a pharmacy's
+        // pickup fence lies among many other fences at one spot.
+        let mine = self
+            .route_fences
+            .get(&who.sub)
+            .map_or(&[][..], Vec::as_slice);
         let Some(detector) = self.drivers.get_mut(&who.sub) else {
             return Vec::new();
         };
