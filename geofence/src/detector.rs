@@ -288,6 +288,9 @@ impl Proximity {
 pub struct Subject {
     track: Track,
     fences: FxHashMap<FenceId, Proximity>,
+    /// The candidate fences of the fix at hand, kept to spare an allocation
+    /// per fix.
+    candidates: Vec<FenceId>,
 }
 
 impl Subject {
@@ -324,12 +327,13 @@ impl Subject {
         if self.track.judge(fix, track_cfg) != Verdict::Trusted {
             return;
         }
-        let mut ids = Vec::new();
+        let mut ids = std::mem::take(&mut self.candidates);
+        ids.clear();
         index.lookup_where(fix.point, &mut ids, &relevant);
         ids.extend(self.fences.keys().copied());
         ids.sort_unstable();
         ids.dedup();
-        for id in ids {
+        for &id in &ids {
             let Some(fence) = index.get(id) else {
                 // The fence is gone (its delivery ended): forget it.
                 self.fences.remove(&id);
@@ -343,6 +347,7 @@ impl Subject {
                 self.fences.remove(&id);
             }
         }
+        self.candidates = ids;
     }
 
     /// Whether the subject is inside (or leaving) this fence.

@@ -462,6 +462,47 @@ fn proximity_draft(
     }
 }
 
+/// Recomputes what `d`'s patient sees (from its driver's route and last
+/// fix); publishes it, encoded once, if it changed. A function of the
+/// tenant's parts rather than a method, so that a route's deliveries can be
+/// refreshed while the route is borrowed (no copy of it per fix).
+fn publish_patient(
+    d: &mut Delivery,
+    routes: &HashMap<SubjectId, Vec<DeliveryId>>,
+    driver_live: &HashMap<SubjectId, DriverLive>,
+    cfg: &EtaConfig,
+    now: UnixMillis,
+) {
+    let stops_before = d
+        .driver
+        .as_ref()
+        .filter(|_| !d.status.is_final())
+        .and_then(|drv| routes.get(drv))
+        .and_then(|r| r.iter().position(|s| *s == d.id));
+    let moving = matches!(d.status, Status::EnRoute | Status::Approaching);
+    let quiet = d
+        .driver
+        .as_ref()
+        .and_then(|drv| driver_live.get(drv))
+        .is_none_or(|l| now.0 - l.seen.0 > cfg.quiet_ms);
+    let eta = d
+        .eta
+        .filter(|_| moving && !quiet)
+        .map(|e| eta::coarse_window(e, now, cfg));
+    let next = PatientSnapshot {
+        status: d.status,
+        stops_before,
+        eta,
+        updating: moving && eta.is_none(),
+        updated_at: now.0,
+    };
+    if next.same_view(&d.snapshot) {
+        return;
+    }
+    d.patient.send_replace(Utf8Bytes::from(next.encode()));
+    d.snapshot = next;
+}
+
 fn actor_of(p: &Principal) -> Actor {
     Actor {
         role: p.role,
@@ -1286,14 +1327,13 @@ impl TenantState {
         let Some(route) = self.routes.get(driver) else {
             return;
         };
-        let ids = route.clone();
         let live = self.driver_live.get(driver).copied();
-        let targets: Vec<LatLng> = ids
+        let targets: Vec<LatLng> = route
             .iter()
             .map_while(|id| self.deliveries.get(id).and_then(Delivery::target))
             .collect();
         let etas = match live {
-            Some(l) if targets.len() == ids.len() => eta::arrivals(
+            Some(l) if targets.len() == route.len() => eta::arrivals(
                 l.pos,
                 now,
                 &targets,
@@ -1302,49 +1342,18 @@ impl TenantState {
             ),
             _ => Vec::new(),
         };
-        for (i, id) in ids.iter().enumerate() {
+        for (i, id) in route.iter().enumerate() {
             if let Some(d) = self.deliveries.get_mut(id) {
                 d.eta = etas.get(i).copied();
+                publish_patient(d, &self.routes, &self.driver_live, &self.eta_cfg, now);
             }
-            self.refresh_patient(id, now);
         }
     }
 
     /// Recomputes what a delivery's patient sees; publishes it if it changed.
     fn refresh_patient(&mut self, id: &DeliveryId, now: UnixMillis) {
-        let Some(d) = self.deliveries.get(id) else {
-            return;
-        };
-        let stops_before = d
-            .driver
-            .as_ref()
-            .filter(|_| !d.status.is_final())
-            .and_then(|drv| self.routes.get(drv))
-            .and_then(|r| r.iter().position(|s| s == id));
-        let moving = matches!(d.status, Status::EnRoute | Status::Approaching);
-        let quiet = d
-            .driver
-            .as_ref()
-            .and_then(|drv| self.driver_live.get(drv))
-            .is_none_or(|l| now.0 - l.seen.0 > self.eta_cfg.quiet_ms);
-        let eta = d
-            .eta
-            .filter(|_| moving && !quiet)
-            .map(|e| eta::coarse_window(e, now, &self.eta_cfg));
-        let next = PatientSnapshot {
-            status: d.status,
-            stops_before,
-            eta,
-            updating: moving && eta.is_none(),
-            updated_at: now.0,
-        };
-        if next.same_view(&d.snapshot) {
-            return;
-        }
-        let text = Utf8Bytes::from(next.encode());
         if let Some(d) = self.deliveries.get_mut(id) {
-            d.snapshot = next;
-            d.patient.send_replace(text);
+            publish_patient(d, &self.routes, &self.driver_live, &self.eta_cfg, now);
         }
     }
 
