@@ -114,17 +114,21 @@ impl Hub {
             .positions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        map.insert(
-            driver.clone(),
-            Position {
-                version,
-                received: std::time::Instant::now(),
-                lat: fix.pos.lat,
-                lng: fix.pos.lng,
-                cell: std::sync::OnceLock::new(),
-                json: Bytes::from(json),
-            },
-        );
+        let position = Position {
+            version,
+            received: std::time::Instant::now(),
+            lat: fix.pos.lat,
+            lng: fix.pos.lng,
+            cell: std::sync::OnceLock::new(),
+            json: Bytes::from(json),
+        };
+        // The driver's id is cloned once, when it is first seen.
+        match map.get_mut(driver) {
+            Some(p) => *p = position,
+            None => {
+                map.insert(driver.clone(), position);
+            }
+        }
     }
 
     /// Offers a message to every socket; a socket whose queue is full is
