@@ -727,6 +727,19 @@ async fn churn(ws_base: String, tokens: Vec<String>, per_s: usize, shared: Arc<M
 }
 
 /// When each ping was sent, by driver and seq.
+/// The ping interval a driver socket's first message (`config`) asks for,
+/// within the range the server's configuration allows (a zero interval
+/// would have the simulator send forever).
+fn ping_interval_of(hello: &str) -> anyhow::Result<i64> {
+    let v: Value = serde_json::from_str(hello)
+        .map_err(|e| anyhow::anyhow!("driver socket: the config message is not JSON: {e}"))?;
+    v["ping_interval_ms"]
+        .as_i64()
+        .filter(|_| v["type"] == "config")
+        .filter(|ms| (100..=600_000).contains(ms))
+        .ok_or_else(|| anyhow::anyhow!("driver socket: expected the config message, got {v}"))
+}
+
 /// A driver's id in a run. Each run has its own drivers and devices: a
 /// stepped run's later steps must not resume the seq cursors of earlier ones.
 fn driver_sub(run_id: i64, i: usize) -> String {
@@ -755,16 +768,10 @@ async fn connect_driver(
     );
     let mut ws = connect(ws_base, "/v1/driver/ws", Some(&mint(&cfg.secret, &claims))).await?;
     // The server says first how often its drivers ping.
-    let hello = match ws.next().await {
-        Some(Ok(Message::Text(t))) => serde_json::from_str::<Value>(t.as_str())?,
+    let interval = match ws.next().await {
+        Some(Ok(Message::Text(t))) => ping_interval_of(t.as_str())?,
         other => anyhow::bail!("driver socket: expected the config message, got {other:?}"),
     };
-    let interval = hello["ping_interval_ms"]
-        .as_i64()
-        .filter(|_| hello["type"] == "config")
-        .ok_or_else(|| {
-            anyhow::anyhow!("driver socket: expected the config message, got {hello}")
-        })?;
     let (tx, rx) = ws.split();
     Ok((
         tx,
@@ -818,4 +825,30 @@ pub async fn create_delivery(
     let created: Value = res.json().await?;
     let url = created["tracking_url"].as_str().unwrap_or("");
     Ok(url.rsplit('/').next().unwrap_or("").to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ping_interval_comes_from_a_sane_config_message() {
+        assert_eq!(
+            ping_interval_of(r#"{"type":"config","ping_interval_ms":250}"#).unwrap(),
+            250
+        );
+        for bad in [
+            "",
+            "not json",
+            r#"{"type":"ack","ping_interval_ms":250}"#,
+            r#"{"type":"config"}"#,
+            r#"{"type":"config","ping_interval_ms":"250"}"#,
+            r#"{"type":"config","ping_interval_ms":0}"#,
+            r#"{"type":"config","ping_interval_ms":-5}"#,
+            r#"{"type":"config","ping_interval_ms":1e300}"#,
+            r#"{"type":"config","ping_interval_ms":99999999999}"#,
+        ] {
+            assert!(ping_interval_of(bad).is_err(), "{bad}");
+        }
+    }
 }
