@@ -4,7 +4,7 @@
 //!   fastest paths on it.
 //! - [`sim`]: a deterministic fleet: drivers on those paths with road-class
 //!   speeds, service times, GPS noise and spikes, dead zones released as
-//!   batches, 1 Hz pings.
+//!   batches, pings at the interval the server asks for (1 Hz by default).
 //!
 //! - [`run`]: the scenario runner (fixed load): deliveries, routes, patient and
 //!   dispatcher sockets through the public API, the fleet driven in real time.
