@@ -354,6 +354,33 @@ pub async fn call(req: reqwest::RequestBuilder) -> (u16, Value) {
     (status, body)
 }
 
+impl Server {
+    /// `GET path` with a bearer token: status and body.
+    pub async fn get(&self, path: &str, token: impl std::fmt::Display) -> (u16, Value) {
+        call(http().get(self.url(path)).bearer_auth(token)).await
+    }
+
+    /// `POST path` with a bearer token and a JSON body: status and body.
+    pub async fn post(
+        &self,
+        path: &str,
+        token: impl std::fmt::Display,
+        body: &Value,
+    ) -> (u16, Value) {
+        call(http().post(self.url(path)).bearer_auth(token).json(body)).await
+    }
+
+    /// `PUT path` with a bearer token and a JSON body: status and body.
+    pub async fn put(
+        &self,
+        path: &str,
+        token: impl std::fmt::Display,
+        body: &Value,
+    ) -> (u16, Value) {
+        call(http().put(self.url(path)).bearer_auth(token).json(body)).await
+    }
+}
+
 /// A delivery body with a circle pickup and drop-off in central Helsinki.
 pub fn delivery_body(id: &str) -> Value {
     json!({

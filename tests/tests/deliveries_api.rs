@@ -13,23 +13,12 @@ use rxtrack_tests::*;
 use serde_json::{Value, json};
 
 async fn create(s: &Server, token: &str, body: &Value) -> (u16, Value) {
-    call(
-        http()
-            .post(s.url("/v1/deliveries"))
-            .bearer_auth(token)
-            .json(body),
-    )
-    .await
+    s.post("/v1/deliveries", token, body).await
 }
 
 async fn status(s: &Server, token: &str, id: &str, body: &Value) -> (u16, Value) {
-    call(
-        http()
-            .post(s.url(&format!("/v1/deliveries/{id}/status")))
-            .bearer_auth(token)
-            .json(body),
-    )
-    .await
+    s.post(&format!("/v1/deliveries/{id}/status"), token, body)
+        .await
 }
 
 #[tokio::test]
@@ -49,13 +38,13 @@ async fn the_whole_ingest_story() {
     let (code, _) = create(&s, &disp, &delivery_body("rx-1002")).await;
     assert_eq!(code, 201);
 
-    let (code, body) = call(
-        http()
-            .put(s.url("/v1/drivers/d1/route"))
-            .bearer_auth(&disp)
-            .json(&json!({"stops":["rx-1002","rx-1001"]})),
-    )
-    .await;
+    let (code, body) = s
+        .put(
+            "/v1/drivers/d1/route",
+            &disp,
+            &json!({"stops":["rx-1002","rx-1001"]}),
+        )
+        .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["stops"], json!(["rx-1002", "rx-1001"]));
 
@@ -76,33 +65,18 @@ async fn the_whole_ingest_story() {
     let (code, body) = status(&s, &disp, "rx-1001", &json!({"status":"delivered"})).await;
     assert_eq!((code, body["status"].as_str()), (200, Some("delivered")));
 
-    let (code, d) = call(
-        http()
-            .get(s.url("/v1/deliveries/rx-1001"))
-            .bearer_auth(&disp),
-    )
-    .await;
+    let (code, d) = s.get("/v1/deliveries/rx-1001", &disp).await;
     assert_eq!(code, 200);
     assert_eq!(d["status"], "delivered");
     assert_eq!(d["recipient"]["first_name"], "Anneliese");
     // Delivered: it left the route.
-    let (_, d2) = call(
-        http()
-            .get(s.url("/v1/deliveries/rx-1002"))
-            .bearer_auth(&disp),
-    )
-    .await;
+    let (_, d2) = s.get("/v1/deliveries/rx-1002", &disp).await;
     assert_eq!(
         (d2["driver_id"].as_str(), d2["stop"].as_u64()),
         (Some("d1"), Some(0))
     );
 
-    let (code, ev) = call(
-        http()
-            .get(s.url("/v1/deliveries/rx-1001/events"))
-            .bearer_auth(&disp),
-    )
-    .await;
+    let (code, ev) = s.get("/v1/deliveries/rx-1001/events", &disp).await;
     assert_eq!(code, 200);
     let kinds: Vec<_> = ev["events"]
         .as_array()
@@ -150,21 +124,21 @@ async fn the_whole_ingest_story() {
             .count(),
         2
     );
-    let (code, from_to) = call(
-        http()
-            .get(s.url(&format!(
+    let (code, from_to) = s
+        .get(
+            &format!(
                 "/v1/log/export?from={}&to={}",
                 now_ms() + 60_000,
                 now_ms() + 120_000
-            )))
-            .bearer_auth(&admin),
-    )
-    .await;
+            ),
+            &admin,
+        )
+        .await;
     assert_eq!(code, 200);
     assert_eq!(from_to, Value::String(String::new()));
 
     // Verify via the API and, after a clean stop, via the CLI.
-    let (code, report) = call(http().get(s.url("/v1/log/verify")).bearer_auth(&admin)).await;
+    let (code, report) = s.get("/v1/log/verify", &admin).await;
     assert_eq!(code, 200);
     assert_eq!(report["ok"], true, "{report}");
     assert!(report["tenants"]["acme"]["events"].as_u64().unwrap() >= 8);
@@ -227,21 +201,13 @@ async fn the_status_machine_refuses_invalid_transitions_with_409() {
         (409, Some("exists"))
     );
     // Routing a finished delivery or an unknown one is refused.
-    let (code, _) = call(
-        http()
-            .put(s.url("/v1/drivers/d1/route"))
-            .bearer_auth(&disp)
-            .json(&json!({"stops":["rx-1"]})),
-    )
-    .await;
+    let (code, _) = s
+        .put("/v1/drivers/d1/route", &disp, &json!({"stops":["rx-1"]}))
+        .await;
     assert_eq!(code, 400);
-    let (code, _) = call(
-        http()
-            .put(s.url("/v1/drivers/d1/route"))
-            .bearer_auth(&disp)
-            .json(&json!({"stops":["nope"]})),
-    )
-    .await;
+    let (code, _) = s
+        .put("/v1/drivers/d1/route", &disp, &json!({"stops":["nope"]}))
+        .await;
     assert_eq!(code, 404);
 }
 
@@ -325,7 +291,7 @@ async fn bodies_refuse_unknown_fields_and_hostile_values() {
         (413, Some("body_too_large"))
     );
     // Unknown endpoints and methods answer in the same error format.
-    let (status, b) = call(http().get(s.url("/v1/nothing")).bearer_auth(&disp)).await;
+    let (status, b) = s.get("/v1/nothing", &disp).await;
     assert_eq!(
         (status, b["error"]["code"].as_str()),
         (404, Some("not_found"))
@@ -338,7 +304,7 @@ async fn bodies_refuse_unknown_fields_and_hostile_values() {
     .await;
     assert_eq!(status, 405);
     // A bad id in a path.
-    let (status, b) = call(http().get(s.url("/v1/deliveries/a%20b")).bearer_auth(&disp)).await;
+    let (status, b) = s.get("/v1/deliveries/a%20b", &disp).await;
     assert_eq!(
         (status, b["error"]["code"].as_str()),
         (400, Some("invalid_id"))
@@ -352,8 +318,8 @@ async fn tenants_are_isolated_and_roles_enforced() {
     let b = staff("beta", "admin", "bob");
     assert_eq!(create(&s, &a, &delivery_body("rx-1")).await.0, 201);
     // Tenant beta sees nothing of acme's delivery: the same 404 as for a missing one.
-    let (code, body) = call(http().get(s.url("/v1/deliveries/rx-1")).bearer_auth(&b)).await;
-    let (code2, body2) = call(http().get(s.url("/v1/deliveries/rx-404")).bearer_auth(&b)).await;
+    let (code, body) = s.get("/v1/deliveries/rx-1", &b).await;
+    let (code2, body2) = s.get("/v1/deliveries/rx-404", &b).await;
     assert_eq!((code, code2), (404, 404));
     assert_eq!(body["error"]["code"], body2["error"]["code"]);
     assert_eq!(
@@ -362,19 +328,10 @@ async fn tenants_are_isolated_and_roles_enforced() {
             .0,
         404
     );
-    assert_eq!(
-        call(
-            http()
-                .get(s.url("/v1/deliveries/rx-1/events"))
-                .bearer_auth(&b)
-        )
-        .await
-        .0,
-        404
-    );
+    assert_eq!(s.get("/v1/deliveries/rx-1/events", &b).await.0, 404);
     // Beta may use the same id for its own delivery.
     assert_eq!(create(&s, &b, &delivery_body("rx-1")).await.0, 201);
-    let (_, export) = call(http().get(s.url("/v1/log/export")).bearer_auth(&b)).await;
+    let (_, export) = s.get("/v1/log/export", &b).await;
     let text = export.as_str().unwrap().to_owned();
     assert!(
         text.lines().all(|l| l.contains("\"tenant\":\"beta\"")),
@@ -385,26 +342,8 @@ async fn tenants_are_isolated_and_roles_enforced() {
     let viewer = staff("acme", "viewer", "v");
     let pharm = staff("acme", "pharmacy_staff", "p");
     assert_eq!(create(&s, &viewer, &delivery_body("rx-2")).await.0, 403);
-    assert_eq!(
-        call(
-            http()
-                .get(s.url("/v1/deliveries/rx-1"))
-                .bearer_auth(&viewer)
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        call(
-            http()
-                .get(s.url("/v1/deliveries/rx-1/events"))
-                .bearer_auth(&viewer)
-        )
-        .await
-        .0,
-        200
-    );
+    assert_eq!(s.get("/v1/deliveries/rx-1", &viewer).await.0, 200);
+    assert_eq!(s.get("/v1/deliveries/rx-1/events", &viewer).await.0, 200);
     assert_eq!(
         status(&s, &viewer, "rx-1", &json!({"status":"cancelled"}))
             .await
@@ -418,39 +357,15 @@ async fn tenants_are_isolated_and_roles_enforced() {
             .0,
         403
     );
+    assert_eq!(s.get("/v1/deliveries/rx-1/events", &pharm).await.0, 403);
     assert_eq!(
-        call(
-            http()
-                .get(s.url("/v1/deliveries/rx-1/events"))
-                .bearer_auth(&pharm)
-        )
-        .await
-        .0,
-        403
-    );
-    assert_eq!(
-        call(
-            http()
-                .put(s.url("/v1/drivers/d1/route"))
-                .bearer_auth(&pharm)
-                .json(&json!({"stops":[]}))
-        )
-        .await
-        .0,
-        403
-    );
-    assert_eq!(
-        call(http().get(s.url("/v1/log/export")).bearer_auth(&a))
+        s.put("/v1/drivers/d1/route", &pharm, &json!({"stops":[]}))
             .await
             .0,
         403
     );
-    assert_eq!(
-        call(http().get(s.url("/v1/log/verify")).bearer_auth(&a))
-            .await
-            .0,
-        403
-    );
+    assert_eq!(s.get("/v1/log/export", &a).await.0, 403);
+    assert_eq!(s.get("/v1/log/verify", &a).await.0, 403);
     assert_eq!(
         call(
             http()
@@ -467,22 +382,12 @@ async fn tenants_are_isolated_and_roles_enforced() {
         (code, body["error"]["code"].as_str()),
         (401, Some("unauthorized"))
     );
-    let (code, _) = call(
-        http()
-            .get(s.url("/v1/deliveries/rx-1"))
-            .bearer_auth("x.y.z"),
-    )
-    .await;
+    let (code, _) = s.get("/v1/deliveries/rx-1", "x.y.z").await;
     assert_eq!(code, 401);
     // Staff lifetime cap (1 h).
     let mut c = claims("acme", "admin", "root", None);
     c["exp"] = json!(now_s() + 2 * 3600);
-    let (code, body) = call(
-        http()
-            .get(s.url("/v1/deliveries/rx-1"))
-            .bearer_auth(token_with("acme", &c)),
-    )
-    .await;
+    let (code, body) = s.get("/v1/deliveries/rx-1", token_with("acme", &c)).await;
     assert_eq!(code, 401);
     assert!(
         body["error"]["message"]
@@ -499,7 +404,7 @@ async fn privileged_actions_need_a_recent_auth_time_and_revoke_cuts_the_device()
     let mut stale = claims("acme", "admin", "root", None);
     stale["auth_time"] = json!(now_s() - 600);
     let stale = token_with("acme", &stale);
-    let (code, body) = call(http().get(s.url("/v1/log/export")).bearer_auth(&stale)).await;
+    let (code, body) = s.get("/v1/log/export", &stale).await;
     assert_eq!(
         (code, body["error"]["code"].as_str()),
         (403, Some("reauthentication_required"))
@@ -539,7 +444,7 @@ async fn privileged_actions_need_a_recent_auth_time_and_revoke_cuts_the_device()
     assert_eq!(close_code(&mut again, 5).await, Some(4003));
     send_json(&mut other, &ping(1)).await;
     assert_eq!(until_ack(&mut other).await.0, 1);
-    let (_, devices) = call(http().get(s.url("/v1/devices")).bearer_auth(&admin)).await;
+    let (_, devices) = s.get("/v1/devices", &admin).await;
     let d = devices["devices"].as_array().unwrap();
     assert!(
         d.iter().any(|r| r["device_id"] == "phone-1"
@@ -557,7 +462,7 @@ async fn privileged_actions_need_a_recent_auth_time_and_revoke_cuts_the_device()
     )
     .await;
     assert_eq!(close_code(&mut again, 5).await, Some(4003));
-    let (_, events) = call(http().get(s.url("/v1/log/export")).bearer_auth(&admin)).await;
+    let (_, events) = s.get("/v1/log/export", &admin).await;
     assert!(events.as_str().unwrap().contains("device.revoked"));
 }
 
@@ -595,19 +500,19 @@ async fn ed25519_tokens_of_a_configured_key_are_accepted() {
     send_json(&mut ws, &ping(1)).await;
     assert_eq!(until_ack(&mut ws).await.0, 1);
     // The same signature presented as HS256 is refused: keys are bound to one algorithm.
-    let (code, _) = call(
-        http()
-            .get(s.url("/v1/deliveries/rx-ed"))
-            .bearer_auth(sign(&claims("gamma", "admin", "g", None), "HS256")),
-    )
-    .await;
+    let (code, _) = s
+        .get(
+            "/v1/deliveries/rx-ed",
+            sign(&claims("gamma", "admin", "g", None), "HS256"),
+        )
+        .await;
     assert_eq!(code, 401);
     // An Ed25519 token claiming tenant acme (which has no Ed25519 key) is refused.
-    let (code, _) = call(
-        http()
-            .get(s.url("/v1/deliveries/rx-ed"))
-            .bearer_auth(sign(&claims("acme", "admin", "g", None), "EdDSA")),
-    )
-    .await;
+    let (code, _) = s
+        .get(
+            "/v1/deliveries/rx-ed",
+            sign(&claims("acme", "admin", "g", None), "EdDSA"),
+        )
+        .await;
     assert_eq!(code, 401);
 }

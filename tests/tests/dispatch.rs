@@ -39,13 +39,8 @@ fn positions(msgs: &[Value]) -> Vec<Value> {
 async fn dispatchers_see_their_tenant_live_and_nothing_else() {
     let s = Server::start();
     let disp = staff("acme", "dispatcher", "alice");
-    call(
-        http()
-            .post(s.url("/v1/deliveries"))
-            .bearer_auth(&disp)
-            .json(&delivery_body("rx-1")),
-    )
-    .await;
+    s.post("/v1/deliveries", &disp, &delivery_body("rx-1"))
+        .await;
 
     let mut a = ws_connect(&s, "/v1/dispatch/ws", &disp, Present::Subprotocol).await;
     let mut b = ws_connect(
@@ -91,18 +86,12 @@ async fn dispatchers_see_their_tenant_live_and_nothing_else() {
     );
 
     // Delivery changes and log events arrive, never dropped.
-    call(
-        http()
-            .put(s.url("/v1/drivers/d1/route"))
-            .bearer_auth(&disp)
-            .json(&json!({"stops":["rx-1"]})),
-    )
-    .await;
-    call(
-        http()
-            .post(s.url("/v1/deliveries/rx-1/status"))
-            .bearer_auth(&disp)
-            .json(&json!({"status":"picked_up"})),
+    s.put("/v1/drivers/d1/route", &disp, &json!({"stops":["rx-1"]}))
+        .await;
+    s.post(
+        "/v1/deliveries/rx-1/status",
+        &disp,
+        &json!({"status":"picked_up"}),
     )
     .await;
     let msgs = drain(&mut a, 800).await;

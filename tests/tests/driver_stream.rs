@@ -63,12 +63,9 @@ async fn pings_are_acked_cumulatively_and_replays_are_not_applied_twice() {
     let mut ws = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
     send_json(&mut ws, &ping(5)).await;
     assert_eq!(until_ack(&mut ws).await.0, 5);
-    let (_, devices) = call(http().get(s.url("/v1/devices")).bearer_auth(staff(
-        "acme",
-        "dispatcher",
-        "u1",
-    )))
-    .await;
+    let (_, devices) = s
+        .get("/v1/devices", staff("acme", "dispatcher", "u1"))
+        .await;
     assert_eq!(devices["devices"][0]["device_id"], "phone-1");
     assert_eq!(devices["devices"][0]["last_seq"], 5);
     assert_eq!(devices["devices"][0]["connected"], true);
@@ -352,20 +349,15 @@ async fn bad_tokens_close_with_4001_and_wrong_roles_with_4003() {
     .await;
     assert_eq!(close_code(&mut ws, 10).await, Some(4003));
     // And a driver token opens no staff endpoint.
-    let (status, body) = call(
-        http()
-            .get(s.url("/v1/devices"))
-            .bearer_auth(driver("acme", "d1", "phone-1")),
-    )
-    .await;
+    let (status, body) = s.get("/v1/devices", driver("acme", "d1", "phone-1")).await;
     assert_eq!(status, 403, "{body}");
-    let (status, _) = call(
-        http()
-            .post(s.url("/v1/deliveries"))
-            .bearer_auth(driver("acme", "d1", "phone-1"))
-            .json(&delivery_body("rx-1")),
-    )
-    .await;
+    let (status, _) = s
+        .post(
+            "/v1/deliveries",
+            driver("acme", "d1", "phone-1"),
+            &delivery_body("rx-1"),
+        )
+        .await;
     assert_eq!(status, 403);
 }
 

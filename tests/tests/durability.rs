@@ -118,12 +118,7 @@ async fn every_acknowledged_change_survives_repeated_kill_9() {
         let snapshot = acked.lock().unwrap().clone();
         assert!(!snapshot.is_empty());
         for (id, kinds) in &snapshot {
-            let (code, ev) = call(
-                http()
-                    .get(s.url(&format!("/v1/deliveries/{id}/events")))
-                    .bearer_auth(&disp),
-            )
-            .await;
+            let (code, ev) = s.get(&format!("/v1/deliveries/{id}/events"), &disp).await;
             assert_eq!(
                 code, 200,
                 "cycle {cycle}: acknowledged delivery {id} is missing"
@@ -141,7 +136,7 @@ async fn every_acknowledged_change_survives_repeated_kill_9() {
                 );
             }
         }
-        let (_, report) = call(http().get(s.url("/v1/log/verify")).bearer_auth(&admin)).await;
+        let (_, report) = s.get("/v1/log/verify", &admin).await;
         assert_eq!(report["ok"], true, "cycle {cycle}: {report}");
     }
     let total: usize = acked.lock().unwrap().values().map(Vec::len).sum();
@@ -174,14 +169,9 @@ async fn a_torn_tail_is_cut_and_the_chain_goes_on() {
     let disp = staff("acme", "dispatcher", "alice");
     for i in 0..3 {
         assert_eq!(
-            call(
-                http()
-                    .post(s.url("/v1/deliveries"))
-                    .bearer_auth(&disp)
-                    .json(&delivery_body(&format!("rx-{i}")))
-            )
-            .await
-            .0,
+            s.post("/v1/deliveries", &disp, &delivery_body(&format!("rx-{i}")))
+                .await
+                .0,
             201
         );
     }
@@ -210,34 +200,17 @@ async fn a_torn_tail_is_cut_and_the_chain_goes_on() {
     }
     s.restart();
     assert_eq!(
-        call(
-            http()
-                .post(s.url("/v1/deliveries"))
-                .bearer_auth(&disp)
-                .json(&delivery_body("rx-9"))
-        )
-        .await
-        .0,
+        s.post("/v1/deliveries", &disp, &delivery_body("rx-9"))
+            .await
+            .0,
         201
     );
     for i in [0, 1, 2, 9] {
-        assert_eq!(
-            call(
-                http()
-                    .get(s.url(&format!("/v1/deliveries/rx-{i}")))
-                    .bearer_auth(&disp)
-            )
-            .await
-            .0,
-            200
-        );
+        assert_eq!(s.get(&format!("/v1/deliveries/rx-{i}"), &disp).await.0, 200);
     }
-    let (_, report) = call(
-        http()
-            .get(s.url("/v1/log/verify"))
-            .bearer_auth(staff("acme", "admin", "root")),
-    )
-    .await;
+    let (_, report) = s
+        .get("/v1/log/verify", staff("acme", "admin", "root"))
+        .await;
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["tenants"]["acme"]["events"], 4);
 }
@@ -248,14 +221,9 @@ async fn an_edit_inside_the_log_is_named_and_refuses_start() {
     let disp = staff("acme", "dispatcher", "alice");
     for i in 0..4 {
         assert_eq!(
-            call(
-                http()
-                    .post(s.url("/v1/deliveries"))
-                    .bearer_auth(&disp)
-                    .json(&delivery_body(&format!("rx-{i}")))
-            )
-            .await
-            .0,
+            s.post("/v1/deliveries", &disp, &delivery_body(&format!("rx-{i}")))
+                .await
+                .0,
             201
         );
     }
@@ -309,14 +277,9 @@ async fn sigterm_drains_closes_sockets_with_1001_and_exits_0() {
     send_json(&mut ws, &ping(1)).await;
     assert_eq!(until_ack(&mut ws).await.0, 1);
     assert_eq!(
-        call(
-            http()
-                .post(s.url("/v1/deliveries"))
-                .bearer_auth(&disp)
-                .json(&delivery_body("rx-1"))
-        )
-        .await
-        .0,
+        s.post("/v1/deliveries", &disp, &delivery_body("rx-1"))
+            .await
+            .0,
         201
     );
     let status = tokio::task::block_in_place(|| s.terminate());
@@ -324,12 +287,7 @@ async fn sigterm_drains_closes_sockets_with_1001_and_exits_0() {
     assert!(status.success(), "{status:?}");
     assert!(s.output().contains("stopped"));
     s.restart();
-    assert_eq!(
-        call(http().get(s.url("/v1/deliveries/rx-1")).bearer_auth(&disp))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(s.get("/v1/deliveries/rx-1", &disp).await.0, 200);
     let (code, ready) = call(http().get(s.url("/readyz"))).await;
     assert_eq!((code, ready["status"].as_str()), (200, Some("ready")));
 }

@@ -25,14 +25,9 @@ async fn health_readiness_and_metrics() {
     assert_eq!((code, body["status"].as_str()), (200, Some("ready")));
 
     let disp = staff("acme", "dispatcher", "alice");
-    call(
-        http()
-            .post(s.url("/v1/deliveries"))
-            .bearer_auth(&disp)
-            .json(&delivery_body("rx-1")),
-    )
-    .await;
-    call(http().get(s.url("/v1/deliveries/rx-1")).bearer_auth("bad")).await;
+    s.post("/v1/deliveries", &disp, &delivery_body("rx-1"))
+        .await;
+    s.get("/v1/deliveries/rx-1", "bad").await;
     let mut ws = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
     send_json(&mut ws, &ping(1)).await;
     until_ack(&mut ws).await;
@@ -82,13 +77,7 @@ async fn no_phi_reaches_the_servers_output() {
         "dropoff": {"lat": 60.171_893, "lng": 24.948_761, "radius_m": 40},
         "recipient": {"first_name": "Zbigniewa"}
     });
-    let (_, created) = call(
-        http()
-            .post(s.url("/v1/deliveries"))
-            .bearer_auth(&disp)
-            .json(&body),
-    )
-    .await;
+    let (_, created) = s.post("/v1/deliveries", &disp, &body).await;
     let tracking = created["tracking_url"]
         .as_str()
         .unwrap()
@@ -96,13 +85,8 @@ async fn no_phi_reaches_the_servers_output() {
         .next()
         .unwrap()
         .to_owned();
-    call(
-        http()
-            .put(s.url("/v1/drivers/d1/route"))
-            .bearer_auth(&disp)
-            .json(&json!({"stops":["rx-phi"]})),
-    )
-    .await;
+    s.put("/v1/drivers/d1/route", &disp, &json!({"stops":["rx-phi"]}))
+        .await;
     let mut ws = driver_connect(&s, &drv).await;
     let pings: Vec<_> = (1..=20)
         .map(|i| json!({"type":"ping","seq":i,"ts":now_ms(),"lat":60.169_417 + f64::from(i) * 1e-6,"lng":24.945_523,"acc":5}))
@@ -116,39 +100,26 @@ async fn no_phi_reaches_the_servers_output() {
     )
     .await;
     until_ack(&mut ws).await;
-    call(
-        http()
-            .post(s.url("/v1/deliveries/rx-phi/status"))
-            .bearer_auth(&disp)
-            .json(&json!({"status":"picked_up"})),
+    s.post(
+        "/v1/deliveries/rx-phi/status",
+        &disp,
+        &json!({"status":"picked_up"}),
     )
     .await;
-    call(
-        http()
-            .post(s.url("/v1/deliveries/rx-phi/status"))
-            .bearer_auth(&disp)
-            .json(&json!({"status":"failed","reason":"Zbigniewa not home"})),
+    s.post(
+        "/v1/deliveries/rx-phi/status",
+        &disp,
+        &json!({"status":"failed","reason":"Zbigniewa not home"}),
     )
     .await;
-    call(
-        http()
-            .get(s.url("/v1/deliveries/rx-phi/events"))
-            .bearer_auth(&disp),
-    )
-    .await;
-    call(http().get(s.url("/v1/log/export")).bearer_auth(&admin)).await;
+    s.get("/v1/deliveries/rx-phi/events", &disp).await;
+    s.get("/v1/log/export", &admin).await;
     call(http().get(s.url(&format!("/v1/track/{tracking}")))).await;
     call(http().get(s.url("/v1/track/not-a-real-token"))).await;
     call(http().get(s.url(&format!("/v1/driver/ws?token={drv}")))).await;
     let mut bad = json!({"id":"rx-2","recipient":{"first_name":"Zbigniewa"}});
     bad["diagnosis"] = json!("Zbigniewa");
-    call(
-        http()
-            .post(s.url("/v1/deliveries"))
-            .bearer_auth(&disp)
-            .json(&bad),
-    )
-    .await;
+    s.post("/v1/deliveries", &disp, &bad).await;
     drop(ws);
     let mut s = s;
     tokio::task::block_in_place(|| s.terminate());

@@ -18,13 +18,9 @@ use serde_json::json;
 async fn the_patient_page_shows_and_follows_the_status() {
     let s = Server::start();
     let disp = staff("acme", "dispatcher", "alice");
-    let (_, created) = call(
-        http()
-            .post(s.url("/v1/deliveries"))
-            .bearer_auth(&disp)
-            .json(&delivery_body("rx-1")),
-    )
-    .await;
+    let (_, created) = s
+        .post("/v1/deliveries", &disp, &delivery_body("rx-1"))
+        .await;
     let token = created["tracking_url"]
         .as_str()
         .unwrap()
@@ -69,18 +65,12 @@ async fn the_patient_page_shows_and_follows_the_status() {
     );
     b.screenshot("patient-page-scheduled.png").await;
 
-    call(
-        http()
-            .put(s.url("/v1/drivers/d1/route"))
-            .bearer_auth(&disp)
-            .json(&json!({"stops":["rx-1"]})),
-    )
-    .await;
-    call(
-        http()
-            .post(s.url("/v1/deliveries/rx-1/status"))
-            .bearer_auth(&disp)
-            .json(&json!({"status":"picked_up"})),
+    s.put("/v1/drivers/d1/route", &disp, &json!({"stops":["rx-1"]}))
+        .await;
+    s.post(
+        "/v1/deliveries/rx-1/status",
+        &disp,
+        &json!({"status":"picked_up"}),
     )
     .await;
     b.wait_for(status, &json!("On the way"), 15).await;
@@ -134,20 +124,10 @@ async fn the_patient_page_shows_and_follows_the_status() {
 async fn the_dispatcher_page_draws_the_drivers() {
     let s = Server::start();
     let disp = staff("acme", "dispatcher", "alice");
-    call(
-        http()
-            .post(s.url("/v1/deliveries"))
-            .bearer_auth(&disp)
-            .json(&delivery_body("rx-1")),
-    )
-    .await;
-    call(
-        http()
-            .put(s.url("/v1/drivers/d1/route"))
-            .bearer_auth(&disp)
-            .json(&json!({"stops":["rx-1"]})),
-    )
-    .await;
+    s.post("/v1/deliveries", &disp, &delivery_body("rx-1"))
+        .await;
+    s.put("/v1/drivers/d1/route", &disp, &json!({"stops":["rx-1"]}))
+        .await;
     let res = http().get(s.url("/dispatch")).send().await.unwrap();
     assert!(
         res.headers()["content-security-policy"]
@@ -199,11 +179,10 @@ async fn the_dispatcher_page_draws_the_drivers() {
         return n > 20; })()";
     b.wait_for(marker, &json!(true), 10).await;
     // Events arrive in the feed.
-    call(
-        http()
-            .post(s.url("/v1/deliveries/rx-1/status"))
-            .bearer_auth(&disp)
-            .json(&json!({"status":"picked_up"})),
+    s.post(
+        "/v1/deliveries/rx-1/status",
+        &disp,
+        &json!({"status":"picked_up"}),
     )
     .await;
     b.wait_for(

@@ -42,12 +42,7 @@ fn drive() -> Vec<(f64, f64)> {
 }
 
 async fn kinds(s: &Server, token: &str, id: &str) -> Vec<Value> {
-    let (code, ev) = call(
-        http()
-            .get(s.url(&format!("/v1/deliveries/{id}/events")))
-            .bearer_auth(token),
-    )
-    .await;
+    let (code, ev) = s.get(&format!("/v1/deliveries/{id}/events"), token).await;
     assert_eq!(code, 200, "{ev}");
     ev["events"].as_array().unwrap().clone()
 }
@@ -66,24 +61,10 @@ async fn a_drive_past_the_pickup_to_the_dropoff() {
         "dropoff": {"lat": DROPOFF.0, "lng": DROPOFF.1, "radius_m": 40},
         "recipient": {"first_name": "Anneliese"}
     });
-    assert_eq!(
-        call(
-            http()
-                .post(s.url("/v1/deliveries"))
-                .bearer_auth(&disp)
-                .json(&body)
-        )
-        .await
-        .0,
-        201
-    );
-    let (code, _) = call(
-        http()
-            .put(s.url("/v1/drivers/d1/route"))
-            .bearer_auth(&disp)
-            .json(&json!({"stops":["rx-1"]})),
-    )
-    .await;
+    assert_eq!(s.post("/v1/deliveries", &disp, &body).await.0, 201);
+    let (code, _) = s
+        .put("/v1/drivers/d1/route", &disp, &json!({"stops":["rx-1"]}))
+        .await;
     assert_eq!(code, 200);
 
     let path = drive();
@@ -117,11 +98,10 @@ async fn a_drive_past_the_pickup_to_the_dropoff() {
     );
     assert!(arrived["where"]["lat"].as_f64().is_some() && arrived["device_ts"].as_i64().is_some());
     assert_eq!(
-        call(
-            http()
-                .post(s.url("/v1/deliveries/rx-1/status"))
-                .bearer_auth(&disp)
-                .json(&json!({"status":"picked_up"}))
+        s.post(
+            "/v1/deliveries/rx-1/status",
+            &disp,
+            &json!({"status":"picked_up"})
         )
         .await
         .0,
@@ -144,7 +124,7 @@ async fn a_drive_past_the_pickup_to_the_dropoff() {
         pos("pickup.arrived") < pos("pickup.departed")
             && pos("pickup.departed") < pos("dropoff.arrived")
     );
-    let (_, d) = call(http().get(s.url("/v1/deliveries/rx-1")).bearer_auth(&disp)).await;
+    let (_, d) = s.get("/v1/deliveries/rx-1", &disp).await;
     assert_eq!(d["status"], "arrived");
 
     // A restart forgets the detector, not the log: still one dropoff.arrived.
@@ -165,22 +145,18 @@ async fn a_drive_past_the_pickup_to_the_dropoff() {
     let ev = kinds(&s, &disp, "rx-1").await;
     assert_eq!(count(&ev, "dropoff.arrived"), 1, "{ev:?}");
     assert_eq!(
-        call(
-            http()
-                .post(s.url("/v1/deliveries/rx-1/status"))
-                .bearer_auth(&disp)
-                .json(&json!({"status":"delivered"}))
+        s.post(
+            "/v1/deliveries/rx-1/status",
+            &disp,
+            &json!({"status":"delivered"})
         )
         .await
         .0,
         200
     );
-    let (_, report) = call(
-        http()
-            .get(s.url("/v1/log/verify"))
-            .bearer_auth(staff("acme", "admin", "root")),
-    )
-    .await;
+    let (_, report) = s
+        .get("/v1/log/verify", staff("acme", "admin", "root"))
+        .await;
     assert_eq!(report["ok"], true);
 }
 
@@ -194,20 +170,9 @@ async fn proximity_can_be_switched_off_to_measure_its_cost() {
         "dropoff": {"lat": DROPOFF.0, "lng": DROPOFF.1, "radius_m": 40},
         "recipient": {"first_name": "Anneliese"}
     });
-    call(
-        http()
-            .post(s.url("/v1/deliveries"))
-            .bearer_auth(&disp)
-            .json(&body),
-    )
-    .await;
-    call(
-        http()
-            .put(s.url("/v1/drivers/d1/route"))
-            .bearer_auth(&disp)
-            .json(&json!({"stops":["rx-1"]})),
-    )
-    .await;
+    s.post("/v1/deliveries", &disp, &body).await;
+    s.put("/v1/drivers/d1/route", &disp, &json!({"stops":["rx-1"]}))
+        .await;
     let t0 = now_ms() - 200_000;
     let pings: Vec<Value> = drive()
         .iter()
@@ -235,13 +200,7 @@ async fn a_driver_waiting_at_a_busy_pharmacy_arrives_for_its_own_deliveries_only
             "dropoff": {"lat": DROPOFF.0, "lng": DROPOFF.1, "radius_m": 40},
             "recipient": {"first_name": "Anneliese"}
         });
-        let (code, out) = call(
-            http()
-                .post(s.url("/v1/deliveries"))
-                .bearer_auth(&disp)
-                .json(&body),
-        )
-        .await;
+        let (code, out) = s.post("/v1/deliveries", &disp, &body).await;
         assert_eq!(code, 201, "{out}");
     }
     // The driver waits at the pharmacy before anything is assigned to it.
@@ -262,13 +221,13 @@ async fn a_driver_waiting_at_a_busy_pharmacy_arrives_for_its_own_deliveries_only
     }
     // Two deliveries are assigned to it while it is there: it arrives for
     // those two at its next fixes, and for no other.
-    let (code, _) = call(
-        http()
-            .put(s.url("/v1/drivers/d1/route"))
-            .bearer_auth(&disp)
-            .json(&json!({"stops":["rx-7", "rx-31"]})),
-    )
-    .await;
+    let (code, _) = s
+        .put(
+            "/v1/drivers/d1/route",
+            &disp,
+            &json!({"stops":["rx-7", "rx-31"]}),
+        )
+        .await;
     assert_eq!(code, 200);
     let more: Vec<Value> = (20..30)
         .map(|i| ping_at(i + 1, t0 + i.cast_signed() * 1000, PICKUP))
@@ -285,13 +244,13 @@ async fn a_driver_waiting_at_a_busy_pharmacy_arrives_for_its_own_deliveries_only
     // A third order is handed over while the driver is still there: it
     // arrives too (the pickup fence is one, shared by all forty), and the
     // first two do not arrive again.
-    let (code, _) = call(
-        http()
-            .put(s.url("/v1/drivers/d1/route"))
-            .bearer_auth(&disp)
-            .json(&json!({"stops":["rx-7", "rx-31", "rx-12"]})),
-    )
-    .await;
+    let (code, _) = s
+        .put(
+            "/v1/drivers/d1/route",
+            &disp,
+            &json!({"stops":["rx-7", "rx-31", "rx-12"]}),
+        )
+        .await;
     assert_eq!(code, 200);
     let more: Vec<Value> = (30..35)
         .map(|i| ping_at(i + 1, t0 + i.cast_signed() * 1000, PICKUP))
@@ -305,13 +264,13 @@ async fn a_driver_waiting_at_a_busy_pharmacy_arrives_for_its_own_deliveries_only
 
     // rx-7 is cancelled; the fence stays for the others: driving off
     // departs rx-31 and rx-12, and nothing more is recorded for rx-7.
-    let (code, out) = call(
-        http()
-            .post(s.url("/v1/deliveries/rx-7/status"))
-            .bearer_auth(&disp)
-            .json(&json!({"status":"cancelled"})),
-    )
-    .await;
+    let (code, out) = s
+        .post(
+            "/v1/deliveries/rx-7/status",
+            &disp,
+            &json!({"status":"cancelled"}),
+        )
+        .await;
     assert_eq!(code, 200, "{out}");
     let away: Vec<Value> = leg(PICKUP, DROPOFF, 30)
         .into_iter()

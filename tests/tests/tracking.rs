@@ -86,21 +86,10 @@ async fn a_patient_follows_the_whole_delivery() {
     // The pharmacy lies on the way: the driver passes its fence after a minute.
     body["pickup"] = json!({"lat": PICKUP.0, "lng": PICKUP.1, "radius_m": 60});
     body["dropoff"] = json!({"lat": DROPOFF.0, "lng": DROPOFF.1, "radius_m": 40});
-    let (_, created) = call(
-        http()
-            .post(s.url("/v1/deliveries"))
-            .bearer_auth(&disp)
-            .json(&body),
-    )
-    .await;
+    let (_, created) = s.post("/v1/deliveries", &disp, &body).await;
     let token = token_of(&created);
-    call(
-        http()
-            .post(s.url("/v1/deliveries"))
-            .bearer_auth(&disp)
-            .json(&delivery_body("rx-2")),
-    )
-    .await;
+    s.post("/v1/deliveries", &disp, &delivery_body("rx-2"))
+        .await;
 
     let res = http()
         .get(s.url(&format!("/v1/track/{token}")))
@@ -129,27 +118,20 @@ async fn a_patient_follows_the_whole_delivery() {
         }
         msgs
     });
-    call(
-        http()
-            .put(s.url("/v1/drivers/d1/route"))
-            .bearer_auth(&disp)
-            .json(&json!({"stops":["rx-2","rx-1"]})),
+    s.put(
+        "/v1/drivers/d1/route",
+        &disp,
+        &json!({"stops":["rx-2","rx-1"]}),
     )
     .await;
     assert_eq!(patient_next(&mut patient).await["stops_before"], 1);
-    call(
-        http()
-            .put(s.url("/v1/drivers/d1/route"))
-            .bearer_auth(&disp)
-            .json(&json!({"stops":["rx-1"]})),
-    )
-    .await;
+    s.put("/v1/drivers/d1/route", &disp, &json!({"stops":["rx-1"]}))
+        .await;
     assert_eq!(patient_next(&mut patient).await["stops_before"], 0);
-    call(
-        http()
-            .post(s.url("/v1/deliveries/rx-1/status"))
-            .bearer_auth(&disp)
-            .json(&json!({"status":"picked_up"})),
+    s.post(
+        "/v1/deliveries/rx-1/status",
+        &disp,
+        &json!({"status":"picked_up"}),
     )
     .await;
     let m = patient_next(&mut patient).await;
@@ -193,11 +175,10 @@ async fn a_patient_follows_the_whole_delivery() {
             record(&serde_json::from_str(t.as_str()).unwrap());
         }
     }
-    call(
-        http()
-            .post(s.url("/v1/deliveries/rx-1/status"))
-            .bearer_auth(&disp)
-            .json(&json!({"status":"delivered"})),
+    s.post(
+        "/v1/deliveries/rx-1/status",
+        &disp,
+        &json!({"status":"delivered"}),
     )
     .await;
     loop {
@@ -235,12 +216,7 @@ async fn a_patient_follows_the_whole_delivery() {
     }
 
     // Every opening is accounted for, and approaching is in the log once.
-    let (_, ev) = call(
-        http()
-            .get(s.url("/v1/deliveries/rx-1/events"))
-            .bearer_auth(&disp),
-    )
-    .await;
+    let (_, ev) = s.get("/v1/deliveries/rx-1/events", &disp).await;
     let kinds: Vec<&str> = ev["events"]
         .as_array()
         .unwrap()
@@ -316,12 +292,9 @@ async fn a_patient_follows_the_whole_delivery() {
     assert!(
         arrived[0]["where"]["lat"].as_f64().is_some() && arrived[0]["actor"]["device"] == "phone-1"
     );
-    let (_, report) = call(
-        http()
-            .get(s.url("/v1/log/verify"))
-            .bearer_auth(staff("acme", "admin", "root")),
-    )
-    .await;
+    let (_, report) = s
+        .get("/v1/log/verify", staff("acme", "admin", "root"))
+        .await;
     assert_eq!(report["ok"], true, "{report}");
     let m = http()
         .get(s.url("/metrics"))
@@ -358,13 +331,9 @@ async fn lookups_are_rate_limited_and_slow_patients_are_closed() {
         &[],
     );
     let disp = staff("acme", "dispatcher", "alice");
-    let (_, created) = call(
-        http()
-            .post(s.url("/v1/deliveries"))
-            .bearer_auth(&disp)
-            .json(&delivery_body("rx-1")),
-    )
-    .await;
+    let (_, created) = s
+        .post("/v1/deliveries", &disp, &delivery_body("rx-1"))
+        .await;
     let token = token_of(&created);
     // A patient who reads, and one who never reads again.
     let mut reader = ws_connect(&s, &format!("/v1/track/{token}/ws"), "", Present::None).await;
@@ -372,11 +341,10 @@ async fn lookups_are_rate_limited_and_slow_patients_are_closed() {
     patient_next(&mut reader).await;
     patient_next(&mut stalled).await;
     // The reader keeps reading (and so answers heartbeats) while the other stalls.
-    call(
-        http()
-            .post(s.url("/v1/deliveries/rx-1/status"))
-            .bearer_auth(&disp)
-            .json(&json!({"status":"picked_up"})),
+    s.post(
+        "/v1/deliveries/rx-1/status",
+        &disp,
+        &json!({"status":"picked_up"}),
     )
     .await;
     assert_eq!(patient_next(&mut reader).await["status"], "en_route");
@@ -409,11 +377,10 @@ async fn lookups_are_rate_limited_and_slow_patients_are_closed() {
     // The stalled socket was closed with 4410 (after what it had not read).
     assert_eq!(close_code(&mut stalled, 5).await, Some(4410));
     // The reader is still served.
-    call(
-        http()
-            .post(s.url("/v1/deliveries/rx-1/status"))
-            .bearer_auth(&disp)
-            .json(&json!({"status":"cancelled"})),
+    s.post(
+        "/v1/deliveries/rx-1/status",
+        &disp,
+        &json!({"status":"cancelled"}),
     )
     .await;
     assert_eq!(patient_next(&mut reader).await["status"], "cancelled");
@@ -433,19 +400,14 @@ async fn lookups_are_rate_limited_and_slow_patients_are_closed() {
 async fn links_expire_after_the_grace_period() {
     let s = Server::start_with("[limits]\nlink_grace_s = 1\n", &[]);
     let disp = staff("acme", "dispatcher", "alice");
-    let (_, created) = call(
-        http()
-            .post(s.url("/v1/deliveries"))
-            .bearer_auth(&disp)
-            .json(&delivery_body("rx-1")),
-    )
-    .await;
+    let (_, created) = s
+        .post("/v1/deliveries", &disp, &delivery_body("rx-1"))
+        .await;
     let token = token_of(&created);
-    call(
-        http()
-            .post(s.url("/v1/deliveries/rx-1/status"))
-            .bearer_auth(&disp)
-            .json(&json!({"status":"cancelled"})),
+    s.post(
+        "/v1/deliveries/rx-1/status",
+        &disp,
+        &json!({"status":"cancelled"}),
     )
     .await;
     let (code, snap) = call(http().get(s.url(&format!("/v1/track/{token}")))).await;
@@ -462,13 +424,9 @@ async fn oversized_messages_close_subscriber_sockets_with_1009() {
     use futures_util::SinkExt as _;
     let s = Server::start();
     let disp = staff("acme", "dispatcher", "alice");
-    let (_, created) = call(
-        http()
-            .post(s.url("/v1/deliveries"))
-            .bearer_auth(&disp)
-            .json(&delivery_body("rx-1")),
-    )
-    .await;
+    let (_, created) = s
+        .post("/v1/deliveries", &disp, &delivery_body("rx-1"))
+        .await;
     let token = token_of(&created);
     let mut patient = ws_connect(&s, &format!("/v1/track/{token}/ws"), "", Present::None).await;
     patient_next(&mut patient).await;
