@@ -163,18 +163,22 @@ fn last_segment(s: &Server) -> std::path::PathBuf {
     segs.pop().unwrap()
 }
 
+/// Creates deliveries rx-0 … rx-(n-1) for acme, each acknowledged with 201.
+async fn create_deliveries(s: &Server, n: usize) {
+    let disp = staff("acme", "dispatcher", "alice");
+    for i in 0..n {
+        let (code, body) = s
+            .post("/v1/deliveries", &disp, &delivery_body(&format!("rx-{i}")))
+            .await;
+        assert_eq!(code, 201, "{body}");
+    }
+}
+
 #[tokio::test]
 async fn a_torn_tail_is_cut_and_the_chain_goes_on() {
     let mut s = Server::start();
     let disp = staff("acme", "dispatcher", "alice");
-    for i in 0..3 {
-        assert_eq!(
-            s.post("/v1/deliveries", &disp, &delivery_body(&format!("rx-{i}")))
-                .await
-                .0,
-            201
-        );
-    }
+    create_deliveries(&s, 3).await;
     s.kill9();
     let seg = last_segment(&s);
     let whole = std::fs::read(&seg).unwrap();
@@ -218,15 +222,7 @@ async fn a_torn_tail_is_cut_and_the_chain_goes_on() {
 #[tokio::test]
 async fn an_edit_inside_the_log_is_named_and_refuses_start() {
     let mut s = Server::start();
-    let disp = staff("acme", "dispatcher", "alice");
-    for i in 0..4 {
-        assert_eq!(
-            s.post("/v1/deliveries", &disp, &delivery_body(&format!("rx-{i}")))
-                .await
-                .0,
-            201
-        );
-    }
+    create_deliveries(&s, 4).await;
     s.kill9();
     let seg = last_segment(&s);
     let text = std::fs::read_to_string(&seg).unwrap();
