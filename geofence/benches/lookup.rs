@@ -218,6 +218,7 @@ fn crowded_spot(c: &mut Criterion) {
             ts_ms: ts,
             point: here,
             accuracy_m: Some(5.0),
+            speed_mps: None,
         }
     };
     let mut all = Subject::default();

@@ -20,9 +20,9 @@
 //! let mut state = Proximity::default();
 //! let mut events = Vec::new();
 //! for (t, lat) in [(0, 60.1690), (1000, 60.1698), (2000, 60.1699)] {
-//!     let fix = Fix { ts_ms: t, point: Point::new(lat, 24.9384)?, accuracy_m: Some(5.0) };
+//!     let fix = Fix { ts_ms: t, point: Point::new(lat, 24.9384)?, accuracy_m: Some(5.0), speed_mps: None };
 //!     let fence = index.get(FenceId(1)).expect("inserted");
-//!     events.extend(state.update(&fix, fence.distance_to_edge_m(fix.point), &cfg));
+//!     events.extend(state.update(&fix, fence.distance_to_edge_m(fix.point), false, &cfg));
 //! }
 //! assert!(matches!(events[..], [ProximityEvent::Entered(f)] if f.ts_ms == 2000));
 //! # Ok::<(), geofence::FenceError>(())
@@ -33,8 +33,8 @@ pub mod fence;
 pub mod index;
 
 pub use detector::{
-    Fix, NaiveProximity, Proximity, ProximityConfig, ProximityEvent, Subject, Track, TrackConfig,
-    Verdict,
+    Fix, Motion, NaiveProximity, Proximity, ProximityConfig, ProximityEvent, Subject, Track,
+    TrackConfig, Verdict,
 };
 pub use fence::{Fence, FenceError, Point};
 pub use index::{FenceId, FenceIndex};

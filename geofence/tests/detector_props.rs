@@ -47,6 +47,7 @@ fn walk() -> impl Strategy<Value = Vec<Fix>> {
                         ts_ms: t,
                         point: offset(d, b),
                         accuracy_m: Some(acc),
+                        speed_mps: None,
                     }
                 })
                 .collect()
@@ -106,7 +107,7 @@ proptest! {
             t += 1000;
             let reach = 50.0 + cfg.exit_margin_m - center_d;
             let d = center_d + u * reach;
-            Fix { ts_ms: t, point: offset(d.min(74.9), b), accuracy_m: Some(acc) }
+            Fix { ts_ms: t, point: offset(d.min(74.9), b), accuracy_m: Some(acc), speed_mps: None }
         }).collect();
         let events = run(&fixes);
         prop_assert!(!events.iter().any(|(id, e)| *id == FenceId(1) && matches!(e, ProximityEvent::Exited(_))));

@@ -55,6 +55,7 @@ fn load(name: &str) -> Vec<Fix> {
                 point: Point::new(attr(chunk, "lat"), attr(chunk, "lon")).unwrap(),
                 // GPX from these devices carries no accuracy: treat as good.
                 accuracy_m: None,
+                speed_mps: None,
             }
         })
         .collect()
@@ -258,6 +259,56 @@ fn fences_along_both_tracks() {
                     "{name}: fence {i} was passed ({inside} fixes well inside) but never entered"
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn stop_fences_along_the_car_track_are_entered_only_where_it_stood() {
+    // The real receiver reports no speed: stillness alone decides here.
+    // The car stood three times: before it set off (fixes 0-5, under 2 km/h
+    // for 53 s), parked (66-74) and at the end (99-103, back where it
+    // started: the drive is a round trip).
+    let car = load("around-visnjan-with-car.gpx");
+    let stood = [mean(&car[0..=5]), mean(&car[66..=74]), mean(&car[99..=103])];
+    let fences: Vec<Fence> = car
+        .iter()
+        .step_by(6)
+        .map(|f| Fence::circle(f.point, 40.0).unwrap())
+        .collect();
+    let mut idx = FenceIndex::new();
+    for (i, f) in fences.iter().enumerate() {
+        idx.insert(FenceId(i as u64), f.clone());
+    }
+    let mut subject = Subject::default();
+    let mut out = Vec::new();
+    for fix in &car {
+        subject.observe(
+            &idx,
+            fix,
+            &TrackConfig::default(),
+            |_| ProximityConfig::stop(),
+            &mut out,
+        );
+    }
+    let entered: Vec<FenceId> = out
+        .iter()
+        .filter(|(_, e)| matches!(e, ProximityEvent::Entered(_)))
+        .map(|(id, _)| *id)
+        .collect();
+    println!(
+        "car, {} stop fences of 40 m along the drive: {} entered ({:?})",
+        fences.len(),
+        entered.len(),
+        entered
+    );
+    for (i, f) in fences.iter().enumerate() {
+        let at_a_stand = stood.iter().any(|p| f.distance_to_edge_m(*p) <= 0.0);
+        let n = entered.iter().filter(|id| id.0 == i as u64).count();
+        if at_a_stand {
+            assert!(n >= 1, "fence {i}: the car stood there, never arrived");
+        } else {
+            assert_eq!(n, 0, "fence {i}: the car only drove through it");
         }
     }
 }

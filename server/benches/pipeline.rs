@@ -54,6 +54,7 @@ fn bench(c: &mut Criterion) {
                 ts_ms: t,
                 point,
                 accuracy_m: Some(5.0),
+                speed_mps: None,
             };
             out.clear();
             subject.observe(
