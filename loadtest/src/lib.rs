@@ -19,7 +19,8 @@
 pub mod idle;
 #[cfg(feature = "runner")]
 pub mod report;
-pub mod roads;
+/// The road network lives in its own crate (the server plans ETAs on it too).
+pub use roads;
 #[cfg(feature = "runner")]
 pub mod run;
 pub mod sim;

@@ -20,7 +20,7 @@ use crate::roads::RoadGraph;
 use crate::sim::{Fleet, Out, SimConfig, SimDriver};
 
 /// Central Helsinki's streets (© OpenStreetMap contributors, `ODbL` 1.0).
-pub const HELSINKI: &[u8] = include_bytes!("../data/helsinki-center.osm.pbf");
+pub const HELSINKI: &[u8] = roads::HELSINKI;
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -32,6 +32,10 @@ pub struct Edge {
 pub struct RoadGraph {
     pub nodes: Vec<(f64, f64)>,
     pub edges: Vec<Vec<Edge>>,
+    /// The global id of each node's first edge: edge `i` of node `v` is
+    /// edge `first_edge[v] + i` (ids index per-edge tables such as learned
+    /// speeds).
+    first_edge: Vec<u32>,
 }
 
 /// Great-circle distance, metres.
@@ -173,11 +177,46 @@ impl RoadGraph {
                 }
             }
         }
-        let g = g.largest_component();
+        let mut g = g.largest_component();
         if g.nodes.is_empty() {
             return Err(RoadError::Empty(shown));
         }
+        g.number_edges();
         Ok(g)
+    }
+
+    /// Gives every directed edge its global id.
+    fn number_edges(&mut self) {
+        let mut next = 0u32;
+        self.first_edge = self
+            .edges
+            .iter()
+            .map(|es| {
+                let first = next;
+                next = next.saturating_add(u32::try_from(es.len()).unwrap_or(u32::MAX));
+                first
+            })
+            .collect();
+    }
+
+    /// The global id of edge `i` of node `v`.
+    #[must_use]
+    pub fn edge_id(&self, v: u32, i: usize) -> u32 {
+        self.first_edge
+            .get(v as usize)
+            .map_or(0, |f| f + u32::try_from(i).unwrap_or(0))
+    }
+
+    /// The edge from `a` to `b` with its global id, if any.
+    #[must_use]
+    pub fn edge_with_id(&self, a: u32, b: u32) -> Option<(u32, &Edge)> {
+        let (i, e) = self
+            .edges
+            .get(a as usize)?
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.to == b)?;
+        Some((self.edge_id(a, i), e))
     }
 
     /// Number of directed edges.
