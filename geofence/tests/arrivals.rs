@@ -201,7 +201,7 @@ fn parking_outside_the_door_is_arriving() {
                 stop_at(&mut drive, 6.0, 497.0, 8.3, secs);
                 let last = drive.last().unwrap().0;
                 cruise(&mut drive, 0.0, last, last + 400.0, 8.3);
-                let entered = replay(&[fence.clone()], &drive, seed, true);
+                let entered = replay(std::slice::from_ref(&fence), &drive, seed, true);
                 assert_eq!(
                     entered.len(),
                     1,

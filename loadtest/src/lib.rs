@@ -11,6 +11,9 @@
 //! - [`idle`]: idle mode: many open patient sockets, server memory per socket.
 //! - [`stepped`]: stepped mode's verdict on each load.
 //! - [`report`]: latency histograms, counters, the JSON report and summary.
+//! - [`truth`]: arrivals and ETA windows judged against what the simulated
+//!   drivers really did (false and missed arrivals; containment, width and
+//!   point error weighted by time on screen).
 //!
 //! It speaks only the public protocol (PROTOCOL.md): nothing here links the
 //! server's code. Churn (`churn_per_s`) runs inside a fixed or stepped run.
@@ -26,3 +29,4 @@ pub mod run;
 pub mod sim;
 #[cfg(feature = "runner")]
 pub mod stepped;
+pub mod truth;

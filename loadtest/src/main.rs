@@ -64,6 +64,12 @@ struct Cli {
     /// apart (every driver's first fixes fall in them).
     #[arg(long, default_value_t = 5)]
     warmup: u64,
+    /// The bundled road extract to drive on: helsinki or kotka.
+    #[arg(long, default_value = "helsinki")]
+    extract: String,
+    /// Drivers start loaded at the pharmacy instead of collecting first.
+    #[arg(long)]
+    start_at_pickup: bool,
 }
 
 #[tokio::main]
@@ -113,7 +119,18 @@ async fn main() -> anyhow::Result<()> {
         server_pid: cli.server_pid,
         churn_per_s: cli.churn,
         warmup: Duration::from_secs(cli.warmup),
+        extract: if cli.extract == "kotka" {
+            "kotka"
+        } else {
+            "helsinki"
+        },
+        start_at_pickup: cli.start_at_pickup,
     };
+    anyhow::ensure!(
+        loadtest::run::extract(&cli.extract).is_some(),
+        "--extract {:?}: helsinki or kotka",
+        cli.extract
+    );
     if let Some(step) = cli.step {
         let mut drivers = cli.drivers;
         let mut steps = Vec::new();

@@ -73,15 +73,6 @@ pub fn cause_of_patient_update(sends: &[i64], updated_at: i64, window_ms: i64) -
     (updated_at - cause <= window_ms).then_some(cause)
 }
 
-/// How well the patients' windows predicted the real arrival, by how far
-/// ahead the window was shown (5-minute buckets).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct EtaBucket {
-    pub windows: u64,
-    pub contained: u64,
-    pub mean_abs_error_s: f64,
-}
-
 /// Everything a run measured.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Report {
@@ -118,7 +109,11 @@ pub struct Report {
     pub statuses_out_of_order: u64,
     pub server_cpu_percent: Option<f64>,
     pub server_rss_kib: Option<u64>,
-    pub eta_by_minutes_ahead: BTreeMap<String, EtaBucket>,
+    /// Drop-off and pickup arrived events judged against the real visits.
+    pub arrivals: crate::truth::ArrivalCount,
+    pub pickup_arrivals: crate::truth::ArrivalCount,
+    /// ETA quality by minutes ahead, weighted by time on screen.
+    pub eta_by_minutes_ahead: BTreeMap<String, crate::truth::EtaBucket>,
 }
 
 fn row(name: &str, p: Option<&Percentiles>) -> String {
@@ -187,13 +182,32 @@ impl Report {
         if let (Some(cpu), Some(rss)) = (self.server_cpu_percent, self.server_rss_kib) {
             let _ = writeln!(s, "server: {cpu:.0}% of one core, {rss} KiB resident");
         }
+        for (name, a) in [
+            ("drop-off", &self.arrivals),
+            ("pickup", &self.pickup_arrivals),
+        ] {
+            let _ = writeln!(
+                s,
+                "{name} arrivals: {} real visits, {} arrived events during one, {} false, {} missed",
+                a.visits, a.true_arrivals, a.false_arrivals, a.missed_arrivals
+            );
+        }
+        if !self.eta_by_minutes_ahead.is_empty() {
+            let _ = writeln!(
+                s,
+                "ETA (min ahead)  seconds  contained  unarrived  width(min)  point MAE(s)  bias(s)"
+            );
+        }
         for (bucket, b) in &self.eta_by_minutes_ahead {
             let _ = writeln!(
                 s,
-                "ETA {bucket} min ahead: {} windows, {:.0}% contained the arrival, mean error {:.0} s",
-                b.windows,
-                100.0 * b.contained as f64 / b.windows.max(1) as f64,
-                b.mean_abs_error_s
+                "{bucket:<16} {:>8} {:>9.1}% {:>10} {:>11.1} {:>13.0} {:>8.0}",
+                b.seconds,
+                100.0 * b.containment(),
+                b.unarrived,
+                b.mean_width_s / 60.0,
+                b.point_mae_s,
+                b.point_bias_s
             );
         }
         s

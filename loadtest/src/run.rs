@@ -15,12 +15,24 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::report::{EtaBucket, Latency, Report, cause_of_patient_update, proc_sample};
+use crate::report::{Latency, Report, cause_of_patient_update, proc_sample};
 use crate::roads::RoadGraph;
 use crate::sim::{Fleet, Out, SimConfig, SimDriver};
+use crate::truth::{EtaTrace, StopTruth, count_arrivals, eta_quality};
 
 /// Central Helsinki's streets (© OpenStreetMap contributors, `ODbL` 1.0).
 pub const HELSINKI: &[u8] = roads::HELSINKI;
+
+/// The bundled extract a run drives on: `helsinki` (central Helsinki's
+/// streets) or `kotka` (Karhula: suburbs and a motorway).
+#[must_use]
+pub fn extract(name: &str) -> Option<&'static [u8]> {
+    match name {
+        "helsinki" => Some(roads::HELSINKI),
+        "kotka" => Some(roads::KOTKA),
+        _ => None,
+    }
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -49,6 +61,11 @@ pub struct RunConfig {
     /// first fixes fall in it, and they cost the server more than later ones
     /// (first ETA of each route, new detector and driver state).
     pub warmup: Duration,
+    /// The bundled extract to drive on (see [`extract`]).
+    pub extract: &'static str,
+    /// Drivers start loaded at the pharmacy (handed over at once) instead
+    /// of driving there from across town and waiting for their orders.
+    pub start_at_pickup: bool,
 }
 
 fn now_ms() -> i64 {
@@ -142,9 +159,17 @@ struct Shared {
     out_of_order: u64,
     churn_ok: u64,
     churn_failed: u64,
-    /// Windows patients saw: delivery index → (receive time ms, from, to).
-    windows: HashMap<usize, Vec<(i64, i64, i64)>>,
+    /// Windows patients saw: delivery index → (receive time ms, window).
+    windows: HashMap<usize, Shown>,
+    /// Point estimates dispatchers saw: delivery id → (receive time ms, estimate).
+    points: HashMap<String, Vec<(i64, Option<i64>)>>,
+    /// Arrived events (their fixes' device times): delivery id → times.
+    dropoff_arrived: HashMap<String, Vec<i64>>,
+    pickup_arrived: HashMap<String, Vec<i64>>,
 }
+
+/// Windows one patient was shown: (receive time ms, window).
+type Shown = Vec<(i64, Option<(i64, i64)>)>;
 
 /// A patient update made longer than this after the driver's last ping was
 /// not caused by a ping.
@@ -187,7 +212,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let run_id = start % 1_000_000;
 
     // Deliveries and routes, through the API.
-    let (links, delivery_of) = create_deliveries(&cfg, &http, &dispatcher, &fleet, run_id).await?;
+    let (links, _) = create_deliveries(&cfg, &http, &dispatcher, &fleet, run_id).await?;
 
     let shared = Arc::new(Mutex::new(Shared {
         sends: vec![Vec::new(); fleet.drivers.len()],
@@ -241,7 +266,20 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     }
     // The fleet drives from now on: no pings fell due during the setup.
     fleet.delay(now_ms() - start);
-    let driven = drive(&cfg, &mut fleet, &mut writers, &sent_at, &shared).await;
+    let pharmacy = Pharmacy {
+        http: http.clone(),
+        url: cfg.url.clone(),
+        token: dispatcher.clone(),
+        ids: (0..fleet.drivers.len())
+            .map(|i| {
+                (0..fleet.drivers[i].dropoffs.len())
+                    .map(|k| delivery_id(run_id, i, k))
+                    .collect()
+            })
+            .collect(),
+    };
+    let driven = drive(&cfg, &mut fleet, &mut writers, &sent_at, &shared, &pharmacy).await;
+    let end_ms = now_ms();
     // Rates over the whole drive (warm-up pings count as sent and acked).
     let elapsed = driven.total_s;
     // Let the last acks and fan-out arrive.
@@ -254,7 +292,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     }
 
     let server_cpu_percent = cpu_percent(driven.cpu_before, driven.cpu_after, driven.measured_s);
+    let rest = driven_to_the_end(&fleet, end_ms);
     let s = lock(&shared);
+    let judged = judge(&s, &rest, &pharmacy.ids, &links, end_ms);
     Ok(Report {
         duration_s: elapsed,
         drivers: fleet.drivers.len(),
@@ -264,9 +304,125 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         pings_sent: driven.pings_sent,
         server_cpu_percent,
         server_rss_kib: driven.cpu_after.map(|(_, rss)| rss),
-        eta_by_minutes_ahead: eta_quality(&s.windows, &links, &delivery_of, &fleet),
+        arrivals: judged.0,
+        pickup_arrivals: judged.1,
+        eta_by_minutes_ahead: judged.2,
         ..measured(&s, elapsed)
     })
+}
+
+/// The truth of what did not happen within the run: the simulation driven
+/// on, offline, until every driver is done (four hours at the most).
+fn driven_to_the_end(fleet: &Fleet, end_ms: i64) -> Fleet {
+    let mut rest = fleet.clone();
+    let mut t = end_ms;
+    while rest.drivers.iter().any(|d| !d.finished()) && t < end_ms + 4 * 3_600_000 {
+        t += 1000;
+        let _ = rest.step(t);
+    }
+    rest
+}
+
+/// Arrivals (drop-off and pickup) and ETA quality: what the server said,
+/// held against what the simulated drivers did (`fleet`: driven to the end).
+fn judge(
+    s: &Shared,
+    fleet: &Fleet,
+    ids: &[Vec<String>],
+    links: &[(usize, String)],
+    end_ms: i64,
+) -> (
+    crate::truth::ArrivalCount,
+    crate::truth::ArrivalCount,
+    BTreeMap<String, crate::truth::EtaBucket>,
+) {
+    let mut dropoffs = Vec::new();
+    let mut pickups = Vec::new();
+    let mut traces = Vec::new();
+    let mut n = 0usize;
+    for (i, d) in fleet.drivers.iter().enumerate() {
+        for (k, id) in ids[i].iter().enumerate() {
+            let truth = StopTruth {
+                arrived: d.arrivals[k],
+                departed: d.departures[k],
+            };
+            let events = s.dropoff_arrived.get(id).cloned().unwrap_or_default();
+            dropoffs.push((truth, events));
+            let pickup = StopTruth {
+                arrived: d.pickup_visit.map(|v| v.0),
+                departed: d.pickup_visit.map(|v| v.1),
+            };
+            pickups.push((
+                pickup,
+                s.pickup_arrived.get(id).cloned().unwrap_or_default(),
+            ));
+            // The patient of this delivery, if one watched.
+            if links.get(n).is_some_and(|l| l.0 == i) {
+                let mut windows = s.windows.get(&n).cloned().unwrap_or_default();
+                windows.sort_by_key(|w| w.0);
+                let mut points = s.points.get(id).cloned().unwrap_or_default();
+                points.sort_by_key(|p| p.0);
+                traces.push(EtaTrace {
+                    arrival: d.arrivals[k],
+                    windows,
+                    points,
+                });
+            }
+            n += 1;
+        }
+    }
+    (
+        count_arrivals(&dropoffs, end_ms),
+        count_arrivals(&pickups, end_ms),
+        eta_quality(&traces, end_ms),
+    )
+}
+
+/// The pharmacy's backend, as the runner plays it: it hands orders over
+/// when the driver is at the pharmacy and marks each delivered when the
+/// driver leaves the door.
+struct Pharmacy {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    /// Delivery ids by driver and stop.
+    ids: Vec<Vec<String>>,
+}
+
+impl Pharmacy {
+    /// Changes a delivery's status, in the background (errors are counted).
+    fn status(
+        &self,
+        id: &str,
+        status: &'static str,
+        shared: &Arc<Mutex<Shared>>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (http, url, token, id, shared) = (
+            self.http.clone(),
+            self.url.clone(),
+            self.token.clone(),
+            id.to_owned(),
+            shared.clone(),
+        );
+        tokio::spawn(async move {
+            let res = http
+                .post(format!("{url}/v1/deliveries/{id}/status"))
+                .bearer_auth(&token)
+                .json(&json!({ "status": status }))
+                .send()
+                .await;
+            if !res.is_ok_and(|r| r.status().is_success()) {
+                *lock(&shared)
+                    .errors
+                    .entry(format!("marking {status}"))
+                    .or_default() += 1;
+            }
+        })
+    }
+}
+
+fn delivery_id(run_id: i64, driver: usize, stop: usize) -> String {
+    format!("lt-{run_id}-{driver}-{stop}")
 }
 
 /// What driving the fleet sent, and the server's CPU and memory around
@@ -285,8 +441,12 @@ async fn drive(
     fleet: &mut Fleet,
     writers: &mut [Writer],
     sent_at: &SentAt,
-    shared: &Mutex<Shared>,
+    shared: &Arc<Mutex<Shared>>,
+    pharmacy: &Pharmacy,
 ) -> Driven {
+    let mut picked = vec![false; fleet.drivers.len()];
+    let mut delivered: Vec<Vec<bool>> = pharmacy.ids.iter().map(|s| vec![false; s.len()]).collect();
+    let mut calls = Vec::new();
     let began = Instant::now();
     let measure_from = began + cfg.warmup;
     {
@@ -312,9 +472,28 @@ async fn drive(
             progress(began, pings_sent, shared);
             forget_old_sends(&mut lock(shared));
         }
-        for (i, out) in fleet.step(now_ms()) {
+        let now = now_ms();
+        for (i, out) in fleet.step(now) {
             pings_sent += send(i, out, sent_at, shared, &mut writers[i]).await;
         }
+        // Handed over at the pharmacy; delivered as the driver leaves the door.
+        for (i, d) in fleet.drivers.iter().enumerate() {
+            if d.picked_up() && !picked[i] {
+                picked[i] = true;
+                for id in &pharmacy.ids[i] {
+                    calls.push(pharmacy.status(id, "picked_up", shared));
+                }
+            }
+            for (k, left) in d.departures.iter().enumerate() {
+                if left.is_some_and(|t| t <= now) && !delivered[i][k] {
+                    delivered[i][k] = true;
+                    calls.push(pharmacy.status(&pharmacy.ids[i][k], "delivered", shared));
+                }
+            }
+        }
+    }
+    for c in calls {
+        let _ = c.await;
     }
     Driven {
         pings_sent,
@@ -391,6 +570,14 @@ async fn read_dispatcher(mut ws: Ws, prefix: String, shared: Arc<Mutex<Shared>>)
             break;
         }
         let Message::Text(t) = m else { continue };
+        // Position frames start with their type; events and delivery
+        // changes are small JSON objects with keys in any order.
+        if !t.as_str().starts_with(r#"{"type":"drivers""#)
+            && !t.as_str().starts_with(r#"{"type":"snapshot""#)
+        {
+            note_event_or_delivery(t.as_str(), &shared);
+            continue;
+        }
         // Typed and borrowed: a frame holds every driver of the tenant (about
         // 1 MB at 5,000 drivers, five times a second), and parsing it into a
         // `Value` stalled the generator's other sockets for milliseconds.
@@ -416,6 +603,34 @@ async fn read_dispatcher(mut ws: Ws, prefix: String, shared: Arc<Mutex<Shared>>)
     }
 }
 
+/// Records an arrived event's fix time, or a delivery's point estimate.
+fn note_event_or_delivery(text: &str, shared: &Mutex<Shared>) {
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        return;
+    };
+    let recv = now_ms();
+    let mut s = lock(shared);
+    s.messages += 1;
+    if v["type"] == "delivery" {
+        if let Some(id) = v["id"].as_str() {
+            let point = v["eta_at"].as_i64();
+            s.points
+                .entry(id.to_owned())
+                .or_default()
+                .push((recv, point));
+        }
+        return;
+    }
+    let (Some(id), Some(ts)) = (v["delivery_id"].as_str(), v["device_ts"].as_i64()) else {
+        return;
+    };
+    match v["kind"].as_str() {
+        Some("dropoff.arrived") => s.dropoff_arrived.entry(id.to_owned()).or_default().push(ts),
+        Some("pickup.arrived") => s.pickup_arrived.entry(id.to_owned()).or_default().push(ts),
+        _ => {}
+    }
+}
+
 async fn read_patient(mut ws: Ws, n: usize, driver: usize, shared: Arc<Mutex<Shared>>) {
     let mut last = 0usize;
     let mut first = true;
@@ -434,7 +649,14 @@ async fn read_patient(mut ws: Ws, n: usize, driver: usize, shared: Arc<Mutex<Sha
         let recv = now_ms();
         let mut s = lock(&shared);
         s.messages += 1;
-        let allowed = ["status", "stops_before", "eta", "updating", "updated_at"];
+        let allowed = [
+            "status",
+            "stops_before",
+            "eta",
+            "updating",
+            "display_name",
+            "updated_at",
+        ];
         if v.as_object()
             .is_none_or(|o| o.keys().any(|k| !allowed.contains(&k.as_str())))
         {
@@ -468,40 +690,9 @@ async fn read_patient(mut ws: Ws, n: usize, driver: usize, shared: Arc<Mutex<Sha
             }
         }
         first = false;
-        if let (Some(from), Some(to)) = (v["eta"]["from"].as_i64(), v["eta"]["to"].as_i64()) {
-            s.windows.entry(n).or_default().push((recv, from, to));
-        }
+        let window = v["eta"]["from"].as_i64().zip(v["eta"]["to"].as_i64());
+        s.windows.entry(n).or_default().push((recv, window));
     }
-}
-
-/// How often the windows patients saw contained the real arrival, and by
-/// how much their middles missed it, by minutes ahead (5-minute buckets).
-fn eta_quality(
-    windows: &HashMap<usize, Vec<(i64, i64, i64)>>,
-    links: &[(usize, String)],
-    delivery_of: &[Vec<usize>],
-    fleet: &Fleet,
-) -> BTreeMap<String, EtaBucket> {
-    let mut eta: BTreeMap<String, EtaBucket> = BTreeMap::new();
-    for (n, seen) in windows {
-        let (driver, _) = links[*n];
-        let k = delivery_of[driver].iter().position(|x| x == n).unwrap_or(0);
-        let Some(Some(arrival)) = fleet.drivers[driver].arrivals.get(k) else {
-            continue;
-        };
-        for &(recv, from, to) in seen.iter().filter(|w| w.0 < *arrival) {
-            let ahead = (arrival - recv) / 300_000 * 5;
-            let b = eta.entry(format!("{ahead:>3}-{}", ahead + 5)).or_default();
-            let err = (i64::midpoint(from, to) - arrival).abs() as f64 / 1000.0;
-            b.mean_abs_error_s =
-                (b.mean_abs_error_s * b.windows as f64 + err) / (b.windows + 1) as f64;
-            b.windows += 1;
-            if (from..=to).contains(arrival) {
-                b.contained += 1;
-            }
-        }
-    }
-    eta
 }
 
 /// Creates each driver's deliveries and route through the API, for many
@@ -544,7 +735,7 @@ async fn create_route(
     let mut stops = Vec::new();
     let mut tokens = Vec::new();
     for (k, drop) in d.dropoffs.iter().enumerate() {
-        let id = format!("lt-{run_id}-{}-{k}", d.index);
+        let id = delivery_id(run_id, d.index, k);
         let body = json!({"id": id,
             "pickup": {"lat": d.pickup.0, "lng": d.pickup.1, "radius_m": 60},
             "dropoff": {"lat": drop.0, "lng": drop.1, "radius_m": 40},
@@ -567,21 +758,6 @@ async fn create_route(
         "assigning a route: {}",
         res.status()
     );
-    // The pharmacy hands everything over at once, so patients follow a
-    // live ETA from the first second of the run.
-    for id in &stops {
-        let res = http
-            .post(format!("{}/v1/deliveries/{id}/status", cfg.url))
-            .bearer_auth(dispatcher)
-            .json(&json!({"status": "picked_up"}))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            res.status().is_success(),
-            "marking picked up: {}",
-            res.status()
-        );
-    }
     Ok(tokens)
 }
 
@@ -793,12 +969,20 @@ fn progress(began: Instant, pings_sent: u64, shared: &Mutex<Shared>) {
     );
 }
 
-/// The fleet for a run, on central Helsinki's streets.
+/// The fleet for a run, on the chosen extract's streets.
 fn plan(cfg: &RunConfig, start: i64) -> anyhow::Result<Fleet> {
-    let graph = RoadGraph::from_pbf_bytes(HELSINKI, "helsinki-center.osm.pbf")?;
+    let bytes = extract(cfg.extract)
+        .ok_or_else(|| anyhow::anyhow!("no bundled extract {:?} (helsinki, kotka)", cfg.extract))?;
+    let graph = RoadGraph::from_pbf_bytes(bytes, cfg.extract)?;
     let sim = SimConfig {
         drivers: cfg.drivers,
         stops_per_driver: cfg.stops_per_driver,
+        start_at_pickup: cfg.start_at_pickup,
+        pickup_ms: if cfg.start_at_pickup {
+            0
+        } else {
+            SimConfig::default().pickup_ms
+        },
         ..SimConfig::default()
     };
     Ok(Fleet::new(&graph, sim, cfg.seed, start))

@@ -57,6 +57,10 @@ pub struct SimConfig {
     pub ping_interval_ms: i64,
     /// Time at each drop-off, ms.
     pub service_ms: i64,
+    /// Time at the pharmacy collecting the orders, ms.
+    pub pickup_ms: i64,
+    /// Drivers start at the pharmacy (already loaded) instead of across town.
+    pub start_at_pickup: bool,
     /// Share of the road's free-flow speed actually driven (traffic).
     pub speed_factor: (f64, f64),
     /// GPS noise: standard deviation per axis, metres. The car track in
@@ -77,6 +81,8 @@ impl Default for SimConfig {
             stops_per_driver: 4,
             ping_interval_ms: 1000,
             service_ms: 90_000,
+            pickup_ms: 60_000,
+            start_at_pickup: false,
             speed_factor: (0.7, 1.0),
             noise_sigma_m: 4.0,
             spike_probability: 0.003,
@@ -124,6 +130,10 @@ pub struct SimDriver {
     pub dropoffs: Vec<(f64, f64)>,
     /// When the driver really reached each drop-off (ground truth for ETAs).
     pub arrivals: Vec<Option<i64>>,
+    /// When it left each drop-off again (after the service time).
+    pub departures: Vec<Option<i64>>,
+    /// When it reached and left the pharmacy.
+    pub pickup_visit: Option<(i64, i64)>,
     legs: Vec<Leg>,
     leg: usize,
     segment: usize,
@@ -171,7 +181,7 @@ impl SimDriver {
     }
 
     /// Moves the driver to time `now`.
-    fn advance(&mut self, now: i64, service_ms: i64) {
+    fn advance(&mut self, now: i64, service_ms: i64, pickup_ms: i64) {
         let mut dt_s = (now - self.last_ms).max(0) as f64 / 1000.0;
         self.last_ms = now;
         while dt_s > 0.0 && !self.finished() {
@@ -180,12 +190,16 @@ impl SimDriver {
             }
             let leg = &self.legs[self.leg];
             if self.segment + 1 >= leg.points.len() {
-                // At the end of a leg: a drop-off (legs after the first).
+                // At the end of a leg: the pharmacy (the first), else a drop-off.
+                #[allow(clippy::cast_possible_truncation, reason = "under a second of ms")]
+                let early = (dt_s * 1000.0) as i64;
                 if self.leg > 0 {
-                    #[allow(clippy::cast_possible_truncation, reason = "under a second of ms")]
-                    let early = (dt_s * 1000.0) as i64;
                     self.arrivals[self.leg - 1] = Some(now - early);
                     self.waiting_until = now + service_ms;
+                    self.departures[self.leg - 1] = Some(self.waiting_until);
+                } else {
+                    self.waiting_until = now + pickup_ms;
+                    self.pickup_visit = Some((now - early, self.waiting_until));
                 }
                 self.leg += 1;
                 self.segment = 0;
@@ -267,7 +281,12 @@ impl Fleet {
         for index in 0..cfg.drivers {
             let mut drng = Rng::new(rng.next_u64());
             // Each driver starts somewhere in town and drives to the pharmacy first.
-            let start = u32::try_from(drng.below(n)).unwrap_or(0);
+            let anywhere = u32::try_from(drng.below(n)).unwrap_or(0);
+            let start = if cfg.start_at_pickup {
+                pharmacy
+            } else {
+                anywhere
+            };
             let mut stops = vec![pharmacy];
             while stops.len() <= cfg.stops_per_driver {
                 let s = u32::try_from(drng.below(n)).unwrap_or(0);
@@ -288,6 +307,8 @@ impl Fleet {
                 pickup: node(pharmacy),
                 dropoffs: stops[1..].iter().map(|&s| node(s)).collect(),
                 arrivals: vec![None; stops.len() - 1],
+                departures: vec![None; stops.len() - 1],
+                pickup_visit: None,
                 legs,
                 leg: 0,
                 segment: 0,
@@ -324,8 +345,12 @@ impl Fleet {
             if let Some(until) = &mut d.dead_until {
                 *until += by_ms;
             }
-            for a in d.arrivals.iter_mut().flatten() {
+            for a in d.arrivals.iter_mut().chain(&mut d.departures).flatten() {
                 *a += by_ms;
+            }
+            if let Some((a, b)) = &mut d.pickup_visit {
+                *a += by_ms;
+                *b += by_ms;
             }
             for p in &mut d.held {
                 p.ts += by_ms;
@@ -341,7 +366,7 @@ impl Fleet {
             while d.next_ping_ms <= now {
                 let t = d.next_ping_ms;
                 d.next_ping_ms += cfg.ping_interval_ms;
-                d.advance(t, cfg.service_ms);
+                d.advance(t, cfg.service_ms, cfg.pickup_ms);
                 let fix = d.fix(t, &cfg);
                 match d.dead_until {
                     Some(until) if t < until => d.held.push(fix),

@@ -217,6 +217,11 @@ impl Network {
     /// are allowed. `None`: no path (cannot happen within one strongly
     /// connected graph, but the caller falls back on the straight line).
     #[must_use]
+    #[allow(
+        clippy::many_single_char_names,
+        clippy::too_many_lines,
+        reason = "one A* search with its start and end on streets, read top to bottom; a and b are the ends"
+    )]
     pub fn leg(
         &self,
         a: &Snap,
@@ -357,9 +362,17 @@ pub struct Plan {
     /// When it was computed, ms (the caller's clock).
     pub made_at_ms: i64,
     pub progress: Progress,
-    /// The last fix placed on it: its time (ms) and metres along the plan.
-    last: Option<(i64, f64)>,
+    /// Metres along the plan of the progress.
+    progress_m: f64,
+    /// Where the current speed sample began: time (ms), metres along the plan.
+    anchor: Option<(i64, f64)>,
 }
+
+/// A speed sample spans at least this much time (GPS noise of a few metres
+/// would swamp one second's movement) ...
+const SAMPLE_MIN_MS: i64 = 5_000;
+/// ... and at most this much (a longer gap is a dead zone).
+const SAMPLE_MAX_MS: i64 = 15_000;
 
 /// What one fix told about the plan.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -396,7 +409,8 @@ impl Plan {
             legs,
             made_at_ms: now_ms,
             progress: Progress::default(),
-            last: None,
+            progress_m: 0.0,
+            anchor: None,
         })
     }
 
@@ -415,8 +429,8 @@ impl Plan {
     /// Places a fix on the plan, searching ahead of the last progress (and
     /// one segment back, for noise). Off when it is farther than `max_off_m`.
     pub fn advance(&mut self, net: &Network, p: (f64, f64), ts_ms: i64, max_off_m: f64) -> Advance {
-        let proj = net.projection();
-        let xy = proj.xy(p);
+        let projection = net.projection();
+        let xy = projection.xy(p);
         let mut best: Option<(f64, Progress)> = None;
         let mut seen = 0;
         let start = self.progress;
@@ -428,7 +442,11 @@ impl Plan {
                 0
             };
             for si in from..leg.points.len().saturating_sub(1) {
-                let (t, d, _) = project(xy, proj.xy(leg.points[si]), proj.xy(leg.points[si + 1]));
+                let (t, d, _) = project(
+                    xy,
+                    projection.xy(leg.points[si]),
+                    projection.xy(leg.points[si + 1]),
+                );
                 if best.is_none_or(|(bd, _)| d < bd) {
                     best = Some((
                         d,
@@ -452,18 +470,24 @@ impl Plan {
             return Advance::Off;
         }
         let metres = self.metres_at(prog);
-        let sample = self.last.and_then(|(t0, m0)| {
-            let dt = (ts_ms - t0) as f64 / 1000.0;
-            let dm = metres - m0;
-            let edge = self.legs[prog.leg].edges.get(prog.segment).copied()?;
-            (dt > 0.0 && dt <= 10.0 && dm > 1.0).then_some((edge, dm / dt))
-        });
         // Progress never goes backwards (noise around a point does not undo it).
-        if metres >= self.last.map_or(f64::MIN, |l| l.1) {
+        if metres >= self.progress_m {
             self.progress = prog;
-            self.last = Some((ts_ms, metres));
-        } else if let Some(l) = &mut self.last {
-            l.0 = ts_ms;
+            self.progress_m = metres;
+        }
+        let mut sample = None;
+        match self.anchor {
+            Some((t0, _)) if ts_ms - t0 < SAMPLE_MIN_MS => {}
+            Some((t0, m0)) => {
+                let dt = ts_ms - t0;
+                let dm = metres - m0;
+                let edge = self.legs[prog.leg].edges.get(prog.segment).copied();
+                if dt <= SAMPLE_MAX_MS && dm > 2.0 {
+                    sample = edge.map(|e| (e, dm / (dt as f64 / 1000.0)));
+                }
+                self.anchor = Some((ts_ms, metres));
+            }
+            None => self.anchor = Some((ts_ms, metres)),
         }
         Advance::On(sample)
     }

@@ -58,12 +58,15 @@ pub struct Snap {
     pub point: (f64, f64),
 }
 
+/// An edge in a grid cell: its global id, its start and its end node.
+type CellEdge = (u32, u32, u32);
+
 /// The grid of edges.
 #[derive(Clone, Debug)]
 pub struct Snapper {
     proj: Projection,
     cell_m: f64,
-    cells: HashMap<(i32, i32), Vec<(u32, u32, u32)>>,
+    cells: HashMap<(i32, i32), Vec<CellEdge>>,
 }
 
 impl Snapper {
@@ -73,7 +76,7 @@ impl Snapper {
         let origin = g.nodes.first().copied().unwrap_or((0.0, 0.0));
         let proj = Projection::new(origin);
         let cell_m = 50.0;
-        let mut cells: HashMap<(i32, i32), Vec<(u32, u32, u32)>> = HashMap::new();
+        let mut cells: HashMap<(i32, i32), Vec<CellEdge>> = HashMap::new();
         for (a, es) in g.edges.iter().enumerate() {
             let Ok(a32) = u32::try_from(a) else { continue };
             let pa = proj.xy(g.nodes[a]);
@@ -106,6 +109,10 @@ impl Snapper {
 
     /// The nearest road within `max_m` of `p`, if any.
     #[must_use]
+    #[allow(
+        clippy::many_single_char_names,
+        reason = "geometry: the names of its formulas"
+    )]
     pub fn snap(&self, g: &RoadGraph, p: (f64, f64), max_m: f64) -> Option<Snap> {
         let (px, py) = self.proj.xy(p);
         let reach = (max_m / self.cell_m).ceil().clamp(0.0, 64.0);
@@ -149,6 +156,10 @@ fn cell(v: f64, size: f64) -> i32 {
 }
 
 /// Projects `p` onto segment `a`–`b`: (fraction along, distance, the point).
+#[allow(
+    clippy::many_single_char_names,
+    reason = "geometry: the names of its formulas"
+)]
 pub(crate) fn project(p: (f64, f64), a: (f64, f64), b: (f64, f64)) -> (f64, f64, (f64, f64)) {
     let (dx, dy) = (b.0 - a.0, b.1 - a.1);
     let len2 = dx * dx + dy * dy;

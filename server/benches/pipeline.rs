@@ -33,6 +33,10 @@ fn city(n: u32) -> FenceIndex {
     idx
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the per-ping pipelines side by side, sharing their fixtures"
+)]
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(1));
@@ -44,6 +48,7 @@ fn bench(c: &mut Criterion) {
     let mut subject = Subject::default();
     let mut out = Vec::new();
     let mut t = T0;
+    let mut calibration = eta::Calibration::default();
     g.bench_function("per_ping_geofence_detector_eta_coarsen_encode", |b| {
         b.iter(|| {
             t += 1000;
@@ -61,17 +66,72 @@ fn bench(c: &mut Criterion) {
                 &idx,
                 &fix,
                 &TrackConfig::default(),
-                |_| ProximityConfig::default(),
+                |_| ProximityConfig::stop(),
                 &mut out,
             );
             let here = LatLng::new(lat, 24.8512).expect("in range");
             let etas = eta::arrivals(here, UnixMillis(t), &stops, 10.0, &cfg);
-            let window = eta::coarse_window(etas[2], UnixMillis(t), &cfg);
+            let spread = calibration.spread(etas[2].0 - t);
+            let window = eta::coarse_window(etas[2], UnixMillis(t), spread, &cfg);
             let snap = PatientSnapshot {
                 status: Status::EnRoute,
                 stops_before: Some(2),
                 eta: Some(window),
                 updating: false,
+                display_name: None,
+                updated_at: t,
+            };
+            black_box(snap.encode())
+        });
+    });
+
+    // The same with road ETAs on central Helsinki: each fix placed on the
+    // driver's plan through five stops, and the plan made again every 60
+    // fixes (`eta.replan_ms` at 1 Hz), as the server does.
+    let net = roads::Network::new(
+        roads::RoadGraph::from_pbf_bytes(roads::HELSINKI, "helsinki").expect("bundled"),
+    );
+    let speeds = roads::SpeedTable::new(&net, 0.85);
+    let nodes = &net.graph().nodes;
+    let road_stops: Vec<(f64, f64)> = (1..=5).map(|k| nodes[k * nodes.len() / 6]).collect();
+    let start = nodes[0];
+    let fresh =
+        || roads::Plan::new(&net, start, None, &road_stops, &speeds, 0).expect("on the map");
+    let mut plan = fresh();
+    let path: Vec<(f64, f64)> = plan.legs.iter().flat_map(|l| l.points.clone()).collect();
+    let mut k = 0usize;
+    g.bench_function("per_ping_geofence_detector_road_eta_coarsen_encode", |b| {
+        b.iter(|| {
+            t += 1000;
+            k += 1;
+            if k.is_multiple_of(60) {
+                plan = fresh();
+            }
+            let (lat, lng) = path[k % path.len()];
+            let fix = geofence::Fix {
+                ts_ms: t,
+                point: geofence::Point::new(lat, lng).expect("in range"),
+                accuracy_m: Some(5.0),
+                speed_mps: Some(8.0),
+            };
+            out.clear();
+            subject.observe(
+                &idx,
+                &fix,
+                &TrackConfig::default(),
+                |_| ProximityConfig::stop(),
+                &mut out,
+            );
+            let _ = plan.advance(&net, (lat, lng), t, 50.0);
+            let etas = eta::schedule(UnixMillis(t), &plan.remaining_s(), 60_000, 90_000);
+            let spread = calibration.spread(etas[2].0 - t);
+            let window = eta::coarse_window(etas[2], UnixMillis(t), spread, &cfg);
+            let snap = PatientSnapshot {
+                status: Status::EnRoute,
+                stops_before: Some(2),
+                eta: Some(window),
+                updating: false,
+                display_name: None,
                 updated_at: t,
             };
             black_box(snap.encode())

@@ -97,8 +97,18 @@ impl App {
                 tenants.insert(t.id.clone(), Tenant::new(t.id.clone(), Arc::new(key)));
             }
         }
-        for t in tenants.values() {
-            t.configure(config.limits.link_grace_ms, config.eta);
+        let network = load_network(&config)?;
+        for (id, t) in &tenants {
+            let name = config
+                .tenant(id.as_str())
+                .and_then(|c| c.display_name.as_deref())
+                .map(Arc::from);
+            t.configure(
+                config.limits.link_grace_ms,
+                config.eta,
+                network.clone(),
+                name,
+            );
         }
         for (tid, (seq, hash)) in recovery.heads {
             if let Some(t) = TenantId::parse(&tid).ok().and_then(|id| tenants.get(&id)) {
@@ -191,4 +201,21 @@ impl App {
             .deliveries_active
             .set(i64::try_from(active).unwrap_or(i64::MAX));
     }
+}
+
+/// The road network for ETAs, if the configuration names one: loaded once,
+/// shared read-only by every tenant.
+fn load_network(config: &Config) -> anyhow::Result<Option<Arc<roads::Network>>> {
+    let Some(src) = &config.roads else {
+        return Ok(None);
+    };
+    let net = src
+        .load()
+        .with_context(|| format!("roads = {src:?}: the road extract could not be read"))?;
+    tracing::info!(
+        nodes = net.graph().nodes.len(),
+        edges = net.graph().edge_count(),
+        "road network loaded for ETAs"
+    );
+    Ok(Some(Arc::new(net)))
 }

@@ -56,6 +56,7 @@ struct RawConfig {
     proximity: Option<bool>,
     #[serde(default)]
     eta: RawEta,
+    roads: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -81,6 +82,7 @@ struct RawTenant {
     ed25519_public_keys: Vec<String>,
     max_staff_token_ttl_s: Option<i64>,
     max_driver_token_ttl_s: Option<i64>,
+    display_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +169,51 @@ pub struct TenantConfig {
     pub hs256_secret: Option<Vec<u8>>,
     pub ed25519_keys: Vec<[u8; 32]>,
     pub caps: LifetimeCaps,
+    /// The pharmacy's name as patients see it on the tracking page.
+    pub display_name: Option<String>,
+}
+
+/// Longest tenant display name, in characters.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 80;
+
+/// Where the road network comes from (`roads = …`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoadsSource {
+    /// An `.osm.pbf` extract.
+    File(PathBuf),
+    /// An extract bundled in the binary: `bundled:helsinki` or `bundled:kotka`.
+    Bundled(&'static str),
+}
+
+impl RoadsSource {
+    /// Reads the extract into a road network.
+    pub fn load(&self) -> Result<roads::Network, roads::RoadError> {
+        let graph = match self {
+            RoadsSource::File(path) => roads::RoadGraph::from_pbf(path)?,
+            RoadsSource::Bundled("kotka") => {
+                roads::RoadGraph::from_pbf_bytes(roads::KOTKA, "bundled:kotka")?
+            }
+            RoadsSource::Bundled(_) => {
+                roads::RoadGraph::from_pbf_bytes(roads::HELSINKI, "bundled:helsinki")?
+            }
+        };
+        Ok(roads::Network::new(graph))
+    }
+}
+
+fn parse_roads(v: &str, base: &Path) -> Result<RoadsSource, ConfigError> {
+    match v.strip_prefix("bundled:") {
+        Some("helsinki") => Ok(RoadsSource::Bundled("helsinki")),
+        Some("kotka") => Ok(RoadsSource::Bundled("kotka")),
+        Some(other) => Err(invalid(
+            "roads",
+            format!(
+                "no bundled extract {other:?}: use bundled:helsinki, bundled:kotka or a path to an .osm.pbf file"
+            ),
+        )),
+        None if v.trim().is_empty() => Err(invalid("roads", "must name an .osm.pbf file")),
+        None => Ok(RoadsSource::File(resolve(base, Path::new(v)))),
+    }
 }
 
 impl std::fmt::Debug for TenantConfig {
@@ -199,6 +246,8 @@ pub struct Config {
     /// Geofencing, proximity events and ETAs on driver fixes (on unless
     /// `proximity = false`, which exists to measure what they cost).
     pub proximity: bool,
+    /// The road network for ETAs (`roads = …`); none: straight lines.
+    pub roads: Option<RoadsSource>,
 }
 
 /// A validated tile URL template.
@@ -305,6 +354,11 @@ impl Config {
             map_tiles: raw.map_tile_url.as_deref().map(parse_tiles).transpose()?,
             eta: parse_eta(&raw.eta)?,
             proximity: raw.proximity.unwrap_or(true),
+            roads: raw
+                .roads
+                .as_deref()
+                .map(|v| parse_roads(v, base))
+                .transpose()?,
         })
     }
 
@@ -321,11 +375,13 @@ impl Config {
                 hs256_secret: Some(secret),
                 ed25519_keys: Vec::new(),
                 caps: LifetimeCaps::default(),
+                display_name: Some("Demo Pharmacy".into()),
             }],
             limits: Limits::default(),
             map_tiles: None,
             eta: EtaConfig::default(),
             proximity: true,
+            roads: None,
         })
     }
 
@@ -455,11 +511,26 @@ fn parse_tenant(
     if let Some(s) = t.max_driver_token_ttl_s {
         caps.driver_s = check_range(s, 60, 24 * 3600, &key("max_driver_token_ttl_s"))?;
     }
+    let display_name = match t.display_name.as_deref().map(str::trim) {
+        None => None,
+        Some(n)
+            if n.is_empty()
+                || n.chars().count() > MAX_DISPLAY_NAME_CHARS
+                || n.chars().any(char::is_control) =>
+        {
+            return Err(invalid(
+                format!("tenants[{i}].display_name"),
+                format!("must be 1 to {MAX_DISPLAY_NAME_CHARS} printable characters"),
+            ));
+        }
+        Some(n) => Some(n.to_owned()),
+    };
     Ok(TenantConfig {
         id,
         hs256_secret,
         ed25519_keys,
         caps,
+        display_name,
     })
 }
 

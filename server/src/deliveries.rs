@@ -21,7 +21,7 @@ use geofence::{FenceId, FenceIndex, ProximityConfig, ProximityEvent, TrackConfig
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Principal, Role};
-use crate::eta::{self, EtaConfig, SpeedModel};
+use crate::eta::{self, Calibration, EtaConfig, ServiceModel, SpeedModel};
 use crate::log::{
     Actor, CryptoError, DataKey, Draft, Event, EventKind, Location, Pending, Store, TenantChain,
     Where,
@@ -91,6 +91,13 @@ impl Status {
         }
     }
 
+    /// En route or approaching: on the way to the patient.
+    #[must_use]
+    pub fn is_moving(self) -> bool {
+        matches!(self, Self::EnRoute | Self::Approaching)
+    }
+
+    /// Delivered, failed or cancelled.
     #[must_use]
     pub fn is_final(self) -> bool {
         matches!(self, Status::Delivered | Status::Failed | Status::Cancelled)
@@ -164,6 +171,20 @@ pub struct Fence {
 }
 
 impl Fence {
+    /// The point an ETA aims at: the centre, or the mean of the vertices.
+    fn target(&self) -> Option<LatLng> {
+        match (&self.lat, &self.lng, &self.polygon) {
+            (Some(lat), Some(lng), _) => LatLng::new(*lat, *lng).ok(),
+            (_, _, Some(poly)) if !poly.is_empty() => {
+                let n = poly.len() as f64;
+                let lat = poly.iter().map(|p| p[0]).sum::<f64>() / n;
+                let lng = poly.iter().map(|p| p[1]).sum::<f64>() / n;
+                LatLng::new(lat, lng).ok()
+            }
+            _ => None,
+        }
+    }
+
     /// The geofence this describes, checked (self-intersection included).
     fn to_geofence(&self, name: &str) -> Result<geofence::Fence, DomainError> {
         self.validate(name)?;
@@ -323,6 +344,14 @@ pub struct Delivery {
     pub link_revoked: bool,
     /// The latest arrival estimate.
     pub eta: Option<UnixMillis>,
+    /// When `dropoff.arrived` was last recorded (server time), until the
+    /// driver leaves or the delivery ends: the dwell that teaches the
+    /// service time.
+    pub arrived_at: Option<UnixMillis>,
+    /// Earlier estimates (made at, estimate), one every
+    /// `PREDICTION_EVERY_MS`, compared with the real arrival to calibrate
+    /// the windows.
+    predictions: Vec<(i64, i64)>,
     /// What the patient sees now, and the channel that carries it (encoded
     /// once; latest wins, so a slow reader never holds anyone up).
     pub snapshot: PatientSnapshot,
@@ -330,18 +359,9 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// The point the ETA aims at: the drop-off's centre, or the mean of its vertices.
+    /// The point the ETA aims at: the drop-off's centre.
     fn target(&self) -> Option<LatLng> {
-        match (&self.dropoff.lat, &self.dropoff.lng, &self.dropoff.polygon) {
-            (Some(lat), Some(lng), _) => LatLng::new(*lat, *lng).ok(),
-            (_, _, Some(poly)) if !poly.is_empty() => {
-                let n = poly.len() as f64;
-                let lat = poly.iter().map(|p| p[0]).sum::<f64>() / n;
-                let lng = poly.iter().map(|p| p[1]).sum::<f64>() / n;
-                LatLng::new(lat, lng).ok()
-            }
-            _ => None,
-        }
+        self.dropoff.target()
     }
 
     /// Whether its tracking link still works at `now`, given the grace period after the end.
@@ -354,13 +374,23 @@ impl Delivery {
     }
 }
 
+/// An estimate is kept for calibration this often per delivery.
+const PREDICTION_EVERY_MS: i64 = 30_000;
+/// Most estimates kept per delivery (two hours' worth).
+const MAX_PREDICTIONS: usize = 240;
+
 /// What the ETA engine knows of a driver.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct DriverLive {
     pos: LatLng,
     /// Server time of the last fix.
     seen: UnixMillis,
     speed: SpeedModel,
+    heading: Option<f64>,
+    /// The road plan through the driver's stops, and the stops it was made for.
+    plan: Option<(roads::Plan, Vec<LatLng>)>,
+    /// Fixes in a row off the planned path.
+    off_route: u8,
 }
 
 /// Which end of a delivery a fence is.
@@ -417,6 +447,15 @@ pub struct TenantState {
     eta_cfg: EtaConfig,
     /// How long a tracking link works after its delivery ends, ms.
     link_grace_ms: i64,
+    /// The road network (shared by every tenant), and this tenant's speeds
+    /// learned on it.
+    roads: Option<(Arc<roads::Network>, roads::SpeedTable)>,
+    /// ETA errors by horizon, for the width of patients' windows.
+    calibration: Calibration,
+    /// The service time per stop, learned from dwell.
+    service: ServiceModel,
+    /// The tenant's name as patients see it.
+    display_name: Option<Arc<str>>,
 }
 
 /// A tenant: its id and its state behind one lock.
@@ -466,34 +505,46 @@ fn proximity_draft(
 /// fix); publishes it, encoded once, if it changed. A function of the
 /// tenant's parts rather than a method, so that a route's deliveries can be
 /// refreshed while the route is borrowed (no copy of it per fix).
-fn publish_patient(
-    d: &mut Delivery,
-    routes: &HashMap<SubjectId, Vec<DeliveryId>>,
-    driver_live: &HashMap<SubjectId, DriverLive>,
-    cfg: &EtaConfig,
-    now: UnixMillis,
-) {
+/// What a patient sees is computed from these parts of a tenant.
+struct PatientParts<'a> {
+    routes: &'a HashMap<SubjectId, Vec<DeliveryId>>,
+    driver_live: &'a HashMap<SubjectId, DriverLive>,
+    cfg: &'a EtaConfig,
+    calibration: &'a mut Calibration,
+    display_name: Option<&'a Arc<str>>,
+}
+
+fn publish_patient(d: &mut Delivery, parts: &mut PatientParts<'_>, now: UnixMillis) {
+    let PatientParts {
+        routes,
+        driver_live,
+        cfg,
+        calibration,
+        display_name,
+    } = parts;
+    let moving = matches!(d.status, Status::EnRoute | Status::Approaching);
+    // Stops before this one mean something only once it is on its way.
     let stops_before = d
         .driver
         .as_ref()
-        .filter(|_| !d.status.is_final())
+        .filter(|_| moving)
         .and_then(|drv| routes.get(drv))
         .and_then(|r| r.iter().position(|s| *s == d.id));
-    let moving = matches!(d.status, Status::EnRoute | Status::Approaching);
     let quiet = d
         .driver
         .as_ref()
         .and_then(|drv| driver_live.get(drv))
         .is_none_or(|l| now.0 - l.seen.0 > cfg.quiet_ms);
-    let eta = d
-        .eta
-        .filter(|_| moving && !quiet)
-        .map(|e| eta::coarse_window(e, now, cfg));
+    let eta = d.eta.filter(|_| moving && !quiet).map(|e| {
+        let spread = calibration.spread(e.0 - now.0);
+        eta::coarse_window(e, now, spread, cfg)
+    });
     let next = PatientSnapshot {
         status: d.status,
         stops_before,
         eta,
         updating: moving && eta.is_none(),
+        display_name: display_name.cloned(),
         updated_at: now.0,
     };
     if next.same_view(&d.snapshot) {
@@ -557,6 +608,10 @@ impl Tenant {
                 links: HashMap::new(),
                 eta_cfg: EtaConfig::default(),
                 link_grace_ms: LINK_GRACE_MS,
+                roads: None,
+                calibration: Calibration::default(),
+                service: ServiceModel::new(EtaConfig::default().service_ms),
+                display_name: None,
             }),
         }
     }
@@ -904,11 +959,24 @@ impl Tenant {
         })
     }
 
-    /// Applies the configuration: the link grace period and the ETA tunables.
-    pub fn configure(&self, link_grace_ms: i64, eta: EtaConfig) {
+    /// Applies the configuration: the link grace period, the ETA tunables,
+    /// the road network (if any) and the name patients see.
+    pub fn configure(
+        &self,
+        link_grace_ms: i64,
+        eta: EtaConfig,
+        network: Option<Arc<roads::Network>>,
+        display_name: Option<Arc<str>>,
+    ) {
         let mut st = self.lock();
         st.link_grace_ms = link_grace_ms;
         st.eta_cfg = eta;
+        st.service = ServiceModel::new(eta.service_ms);
+        st.roads = network.map(|n| {
+            let speeds = roads::SpeedTable::new(&n, eta.road_speed_factor);
+            (n, speeds)
+        });
+        st.display_name = display_name;
     }
 
     /// Marks quiet drivers' patients as "updating".
@@ -949,10 +1017,48 @@ fn require(who: &Principal, roles: &[Role]) -> Result<(), DomainError> {
     }
 }
 
+/// Seconds of driving from the driver to each target: along its road plan
+/// (made again when the targets change, when it is older than
+/// `replan_ms`, or after the driver left it), else by the straight line.
+fn drive_seconds(
+    live: &mut DriverLive,
+    targets: &[LatLng],
+    roads: &mut Option<(Arc<roads::Network>, roads::SpeedTable)>,
+    cfg: &EtaConfig,
+    now: UnixMillis,
+) -> Vec<f64> {
+    if let Some((net, speeds)) = roads {
+        let stale = live.plan.as_ref().is_none_or(|(p, stops)| {
+            stops.as_slice() != targets || now.0 - p.made_at_ms > cfg.replan_ms
+        });
+        if stale {
+            let points: Vec<(f64, f64)> = targets.iter().map(|t| (t.lat, t.lng)).collect();
+            live.plan = roads::Plan::new(
+                net,
+                (live.pos.lat, live.pos.lng),
+                live.heading,
+                &points,
+                speeds,
+                now.0,
+            )
+            .map(|p| (p, targets.to_vec()));
+            live.off_route = 0;
+        }
+        if let Some((plan, _)) = &live.plan {
+            return plan.remaining_s();
+        }
+    }
+    eta::straight_line_s(live.pos, targets, live.speed.speed(cfg), cfg)
+}
+
 impl TenantState {
     /// Applies one event to the state. Used live and when replaying the log;
     /// an event whose details do not parse is skipped with a warning rather
     /// than stopping the server (the chain has already been verified).
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one arm per event kind, read as the table of what each does"
+    )]
     pub fn apply(&mut self, e: &Event) {
         let id = e
             .delivery_id
@@ -1009,6 +1115,10 @@ impl TenantState {
                     if to.is_final() {
                         self.active = self.active.saturating_sub(1);
                         d.ended_at = Some(at);
+                        d.predictions = Vec::new();
+                        if let Some(t) = d.arrived_at.take() {
+                            self.service.observe(at.0 - t.0);
+                        }
                     }
                     d.status = to;
                     d.updated_at = at;
@@ -1038,8 +1148,7 @@ impl TenantState {
                 | EventKind::DropoffDeparted),
                 Some(id),
             ) => {
-                self.apply_proximity(kind, &id, at);
-                self.refresh_patient(&id, at);
+                self.apply_proximity(kind, &id, at, e.device_ts);
             }
             (EventKind::LinkRevoked, Some(id)) => {
                 if let Some(d) = self.deliveries.get_mut(&id) {
@@ -1168,12 +1277,15 @@ impl TenantState {
                 ts_ms: f.ts.0,
                 point,
                 accuracy_m: f.acc,
+                speed_mps: f.speed,
             };
+            // A stop's fence counts only once the driver has stopped there:
+            // driving past a later stop on the route is not arriving.
             detector.observe_only(
                 &self.fences,
                 &fix,
                 &TrackConfig::default(),
-                |_| ProximityConfig::default(),
+                |_| ProximityConfig::stop(),
                 |id| mine.contains(&id),
                 &mut found,
             );
@@ -1292,6 +1404,7 @@ impl TenantState {
             stops_before: None,
             eta: None,
             updating: false,
+            display_name: self.display_name.clone(),
             updated_at: at.0,
         };
         let (patient, _) = watch::channel(Utf8Bytes::from(snapshot.encode()));
@@ -1316,6 +1429,8 @@ impl TenantState {
                 ended_at: None,
                 link_revoked: false,
                 eta: None,
+                arrived_at: None,
+                predictions: Vec::new(),
                 snapshot,
                 patient,
             },
@@ -1327,25 +1442,57 @@ impl TenantState {
         let Some(route) = self.routes.get(driver) else {
             return;
         };
-        let live = self.driver_live.get(driver).copied();
-        let targets: Vec<LatLng> = route
+        // The pharmacy first, while a delivery on the route waits there.
+        let pickup = route
             .iter()
-            .map_while(|id| self.deliveries.get(id).and_then(Delivery::target))
+            .filter_map(|id| self.deliveries.get(id))
+            .find(|d| d.status == Status::Scheduled)
+            .and_then(|d| d.pickup.target());
+        let targets: Option<Vec<LatLng>> = pickup
+            .into_iter()
+            .map(Some)
+            .chain(
+                route
+                    .iter()
+                    .map(|id| self.deliveries.get(id).and_then(Delivery::target)),
+            )
             .collect();
-        let etas = match live {
-            Some(l) if targets.len() == route.len() => eta::arrivals(
-                l.pos,
-                now,
-                &targets,
-                l.speed.speed(&self.eta_cfg),
-                &self.eta_cfg,
-            ),
+        let service = self.service.ms();
+        // What is left of the service at the stop the driver is at.
+        let first_service = route
+            .first()
+            .and_then(|id| self.deliveries.get(id))
+            .and_then(|d| d.arrived_at)
+            .filter(|_| pickup.is_none())
+            .map_or(service, |t| (service - (now.0 - t.0)).max(0));
+        let etas = match (self.driver_live.get_mut(driver), targets) {
+            (Some(live), Some(targets)) if !targets.is_empty() => {
+                let drive = drive_seconds(live, &targets, &mut self.roads, &self.eta_cfg, now);
+                let all = eta::schedule(now, &drive, first_service, service);
+                all[usize::from(pickup.is_some()).min(all.len())..].to_vec()
+            }
             _ => Vec::new(),
+        };
+        let mut parts = PatientParts {
+            routes: &self.routes,
+            driver_live: &self.driver_live,
+            cfg: &self.eta_cfg,
+            calibration: &mut self.calibration,
+            display_name: self.display_name.as_ref(),
         };
         for (i, id) in route.iter().enumerate() {
             if let Some(d) = self.deliveries.get_mut(id) {
                 d.eta = etas.get(i).copied();
-                publish_patient(d, &self.routes, &self.driver_live, &self.eta_cfg, now);
+                if let Some(e) = d.eta.filter(|_| d.status.is_moving()) {
+                    let due = d
+                        .predictions
+                        .last()
+                        .is_none_or(|p| now.0 - p.0 >= PREDICTION_EVERY_MS);
+                    if due && d.predictions.len() < MAX_PREDICTIONS {
+                        d.predictions.push((now.0, e.0));
+                    }
+                }
+                publish_patient(d, &mut parts, now);
             }
         }
     }
@@ -1353,7 +1500,14 @@ impl TenantState {
     /// Recomputes what a delivery's patient sees; publishes it if it changed.
     fn refresh_patient(&mut self, id: &DeliveryId, now: UnixMillis) {
         if let Some(d) = self.deliveries.get_mut(id) {
-            publish_patient(d, &self.routes, &self.driver_live, &self.eta_cfg, now);
+            let mut parts = PatientParts {
+                routes: &self.routes,
+                driver_live: &self.driver_live,
+                cfg: &self.eta_cfg,
+                calibration: &mut self.calibration,
+                display_name: self.display_name.as_ref(),
+            };
+            publish_patient(d, &mut parts, now);
         }
     }
 
@@ -1379,7 +1533,15 @@ impl TenantState {
             .filter(|d| d.link_valid(now, self.link_grace_ms))
     }
 
-    fn apply_proximity(&mut self, kind: EventKind, id: &DeliveryId, at: UnixMillis) {
+    /// `device_ts`: when the deciding fix was taken (the real arrival, for
+    /// calibrating the windows).
+    fn apply_proximity(
+        &mut self,
+        kind: EventKind,
+        id: &DeliveryId,
+        at: UnixMillis,
+        device_ts: Option<i64>,
+    ) {
         let Some(d) = self.deliveries.get_mut(id) else {
             return;
         };
@@ -1394,13 +1556,35 @@ impl TenantState {
             }
             EventKind::DropoffArrived => {
                 d.at_dropoff = true;
-                if matches!(d.status, Status::EnRoute | Status::Approaching) {
+                if d.status.is_moving() {
                     d.status = Status::Arrived;
+                    d.arrived_at = Some(at);
+                    // How far off each earlier estimate was.
+                    let actual = device_ts.unwrap_or(at.0).min(at.0);
+                    for (made, estimate) in d.predictions.drain(..) {
+                        self.calibration.record(estimate - made, actual - estimate);
+                    }
                 }
             }
-            _ => d.at_dropoff = false,
+            _ => {
+                d.at_dropoff = false;
+                // Left without a hand-over: on the way again, and the
+                // approach may be announced again.
+                if d.status == Status::Arrived {
+                    d.status = Status::EnRoute;
+                    d.approached = false;
+                }
+                if let Some(t) = d.arrived_at.take() {
+                    self.service.observe(at.0 - t.0);
+                }
+            }
         }
         d.updated_at = at;
+        let driver = d.driver.clone();
+        self.refresh_patient(id, at);
+        if let Some(drv) = driver {
+            self.refresh_route(&drv, at);
+        }
     }
 
     /// Updates the driver's position and speed, the ETAs of its route, and
@@ -1415,17 +1599,53 @@ impl TenantState {
             return Vec::new();
         };
         let cfg = self.eta_cfg;
-        let live = self
-            .driver_live
-            .entry(who.sub.clone())
-            .or_insert(DriverLive {
-                pos: last.pos,
-                seen: now,
-                speed: SpeedModel::default(),
-            });
+        if !self.driver_live.contains_key(&who.sub) {
+            self.driver_live.insert(
+                who.sub.clone(),
+                DriverLive {
+                    pos: last.pos,
+                    seen: now,
+                    speed: SpeedModel::default(),
+                    heading: None,
+                    plan: None,
+                    off_route: 0,
+                },
+            );
+        }
+        let Some(live) = self.driver_live.get_mut(&who.sub) else {
+            return Vec::new();
+        };
+        // Stopped at a stop of the route: no speed sample is a road's speed.
+        let at_stop = self.routes.get(&who.sub).is_some_and(|r| {
+            r.iter()
+                .filter_map(|id| self.deliveries.get(id))
+                .any(|d| d.at_dropoff || (d.at_pickup && d.status == Status::Scheduled))
+        });
         for f in fixes {
             if let Some(s) = f.speed {
                 live.speed.observe(s, &cfg);
+            }
+            if f.heading.is_some() {
+                live.heading = f.heading;
+            }
+            let (Some((net, speeds)), Some((plan, _))) = (self.roads.as_mut(), live.plan.as_mut())
+            else {
+                continue;
+            };
+            match plan.advance(net, (f.pos.lat, f.pos.lng), f.ts.0, cfg.off_route_m) {
+                roads::Advance::On(sample) => {
+                    live.off_route = 0;
+                    if let Some((edge, mps)) = sample.filter(|_| !at_stop) {
+                        speeds.observe(edge, mps);
+                    }
+                }
+                roads::Advance::Off => {
+                    live.off_route = live.off_route.saturating_add(1);
+                    // Two fixes in a row off the path: plan again from here.
+                    if live.off_route >= 2 {
+                        live.plan = None;
+                    }
+                }
             }
         }
         live.pos = last.pos;

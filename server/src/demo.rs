@@ -20,7 +20,7 @@ use crate::deliveries::{CreateDelivery, Fence, Recipient, StatusChange};
 use crate::types::{DeliveryId, SubjectId, TenantId, UnixMillis};
 
 /// Central Helsinki's streets (© OpenStreetMap contributors, ODbL 1.0).
-const HELSINKI: &[u8] = include_bytes!("../../loadtest/data/helsinki-center.osm.pbf");
+const HELSINKI: &[u8] = roads::HELSINKI;
 /// Drop-offs per simulated driver.
 const STOPS: usize = 3;
 
@@ -50,6 +50,10 @@ pub async fn start(app: Arc<App>, addr: SocketAddr, drivers: usize) -> anyhow::R
         drivers,
         stops_per_driver: STOPS,
         service_ms: 60_000,
+        // The drivers have loaded at the pharmacy: the printed tracking
+        // links count down from the first minute.
+        pickup_ms: 0,
+        start_at_pickup: true,
         dead_zone_per_minute: 0.02,
         ..SimConfig::default()
     };
@@ -99,6 +103,17 @@ pub async fn start(app: Arc<App>, addr: SocketAddr, drivers: usize) -> anyhow::R
         let committed =
             tenant.assign_route(&app.store, &dispatcher, &driver, &stops, UnixMillis::now())?;
         app.durable(tenant, committed).await?;
+        for id in &stops {
+            let c = tenant.change_status(
+                &app.store,
+                &dispatcher,
+                id,
+                StatusChange::PickedUp,
+                None,
+                UnixMillis::now(),
+            )?;
+            app.durable(tenant, c).await?;
+        }
         ids.push(stops);
     }
     let app2 = app.clone();
@@ -156,7 +171,6 @@ async fn drive(
         let _ = tx.flush().await;
         sockets.push(tx);
     }
-    let mut picked = vec![false; fleet.drivers.len()];
     let mut delivered: Vec<Vec<bool>> = ids.iter().map(|s| vec![false; s.len()]).collect();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -177,13 +191,9 @@ async fn drive(
                 s.send(Message::Text(msg.to_string().into())).await?;
             }
         }
-        // The pharmacy hands over, and doors are answered after the service time.
+        // Doors are answered after the service time.
         for (i, d) in fleet.drivers.iter().enumerate() {
             let mut changes = Vec::new();
-            if d.picked_up() && !picked[i] {
-                picked[i] = true;
-                changes.extend(ids[i].iter().map(|id| (id.clone(), StatusChange::PickedUp)));
-            }
             for (k, arrived) in d.arrivals.iter().enumerate() {
                 if arrived.is_some_and(|t| now.0 - t >= fleet.cfg.service_ms) && !delivered[i][k] {
                     delivered[i][k] = true;

@@ -280,7 +280,9 @@ pub fn publish_events(app: &App, tenant: &crate::deliveries::Tenant, events: &[E
                     "id": d.id,
                     "status": d.status,
                     "driver_id": d.driver,
-                    "eta": d.eta.map(|t| t.0),
+                    // The window the patient sees, and the estimate behind it.
+                    "eta": d.snapshot.eta,
+                    "eta_at": d.eta.map(|t| t.0),
                 })
             })
         };
@@ -343,7 +345,11 @@ fn snapshot(app: &App, p: &Principal, hub: &Hub) -> (String, u64) {
             .map(|d| {
                 let mut v = serde_json::to_value(st.view(d)).unwrap_or(serde_json::Value::Null);
                 if let Some(o) = v.as_object_mut() {
-                    o.insert("eta".into(), d.eta.map(|t| t.0).into());
+                    o.insert(
+                        "eta".into(),
+                        serde_json::to_value(d.snapshot.eta).unwrap_or_default(),
+                    );
+                    o.insert("eta_at".into(), d.eta.map(|t| t.0).into());
                 }
                 v
             })

@@ -230,6 +230,10 @@ async fn serve(
             .parse()
             .with_context(|| format!("--listen {l:?} is not an address"))?;
     }
+    if demo_fleet.is_some() && config.roads.is_none() {
+        // The demo fleet drives central Helsinki: its ETAs follow those streets.
+        config.roads = Some(rxtrack_server::config::RoadsSource::Bundled("helsinki"));
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

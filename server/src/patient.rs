@@ -1,6 +1,8 @@
 //! What a patient may see of their delivery: a type with no field that could
 //! carry a coordinate, a driver's identity, or another delivery.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::deliveries::Status;
@@ -9,6 +11,8 @@ use crate::eta::Window;
 /// The snapshot behind `GET /v1/track/{token}` and each message of its
 /// WebSocket. `updating` (an addition to the contract) is true when the
 /// driver has gone quiet: the ETA is then withheld rather than shown stale.
+/// `display_name` (an addition) is the pharmacy's name as its configuration
+/// gives it. `stops_before` is there only while the delivery is on its way.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PatientSnapshot {
     pub status: Status,
@@ -16,6 +20,8 @@ pub struct PatientSnapshot {
     pub stops_before: Option<usize>,
     pub eta: Option<Window>,
     pub updating: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<Arc<str>>,
     pub updated_at: i64,
 }
 
@@ -27,6 +33,7 @@ impl PatientSnapshot {
             && self.stops_before == other.stops_before
             && self.eta == other.eta
             && self.updating == other.updating
+            && self.display_name == other.display_name
     }
 
     /// The JSON text, encoded once and shared by every subscriber.
@@ -53,11 +60,21 @@ mod tests {
                 to: 1_764_074_100_000,
             }),
             updating: false,
+            display_name: None,
             updated_at: 1_764_072_000_123,
         };
         assert_eq!(
             s.encode(),
             r#"{"status":"en_route","stops_before":2,"eta":{"from":1764073200000,"to":1764074100000},"updating":false,"updated_at":1764072000123}"#
+        );
+        let named = PatientSnapshot {
+            display_name: Some(Arc::from("Apteekki Kallio")),
+            ..s
+        };
+        assert!(
+            named
+                .encode()
+                .contains(r#""display_name":"Apteekki Kallio""#)
         );
     }
 }

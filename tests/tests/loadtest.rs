@@ -31,6 +31,8 @@ async fn a_short_fixed_load_passes_its_end_to_end_checks() {
         server_pid: None,
         churn_per_s: 20,
         warmup: Duration::from_secs(1),
+        extract: "helsinki",
+        start_at_pickup: true,
     })
     .await
     .unwrap();
@@ -44,7 +46,8 @@ async fn a_short_fixed_load_passes_its_end_to_end_checks() {
     );
     assert!(ack.p50_ms > 0.0 && ack.p50_ms <= ack.p99_ms && ack.p99_ms <= ack.max_ms);
     assert!(report.ping_to_dispatcher.unwrap().count > 0);
-    // Deliveries start en route, so the first fixes turn "updating" into ETA windows.
+    // Drivers start loaded at the pharmacy: the runner hands the orders over
+    // at once, so the first fixes turn "updating" into ETA windows.
     let to_patient = report.ping_to_patient.map_or(0, |p| p.count);
     // Every change a patient saw is timed from the server's change, and
     // those that a ping caused from that ping too.
@@ -62,6 +65,9 @@ async fn a_short_fixed_load_passes_its_end_to_end_checks() {
     // Patients came and went meanwhile, and every one got its snapshot.
     assert!(report.churn_connects >= 50, "{}", report.table());
     assert_eq!(report.churn_failures, 0);
+    // Nobody reached a door in five seconds: no drop-off arrival, and none
+    // is claimed.
+    assert_eq!(report.arrivals.false_arrivals, 0, "{}", report.table());
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["ack"]["p99_ms"].as_f64().is_some());
 }

@@ -16,10 +16,21 @@ use serde_json::{Value, json};
 const PICKUP: (f64, f64) = (60.1699, 24.9384);
 const DROPOFF: (f64, f64) = (60.1718, 24.9414);
 
-/// A ping `seq` at a point, with a small deterministic GPS wobble.
-fn ping_at(seq: u64, ts: i64, (lat, lng): (f64, f64)) -> Value {
+/// A ping `seq` at a point, with a small deterministic GPS wobble, and the
+/// speed the phone reports there (m/s).
+fn ping_at(seq: u64, ts: i64, ((lat, lng), speed): ((f64, f64), f64)) -> Value {
     let wobble = ((seq * 7919) % 11) as f64 - 5.0; // -5..5
-    json!({"type":"ping","seq":seq,"ts":ts,"lat":lat + wobble * 2e-6,"lng":lng + wobble * 3e-6,"acc":5.0,"speed":9.0})
+    json!({"type":"ping","seq":seq,"ts":ts,"lat":lat + wobble * 2e-6,"lng":lng + wobble * 3e-6,"acc":5.0,"speed":speed})
+}
+
+/// Driving at 9 m/s.
+fn moving(points: Vec<(f64, f64)>) -> impl Iterator<Item = ((f64, f64), f64)> {
+    points.into_iter().map(|p| (p, 9.0))
+}
+
+/// Standing at a point (the phone reports 0 m/s).
+fn parked(at: (f64, f64), n: usize) -> impl Iterator<Item = ((f64, f64), f64)> {
+    std::iter::repeat_n((at, 0.0), n)
 }
 
 /// Points from `a` to `b` in `n` steps (excluding `a`).
@@ -32,13 +43,13 @@ fn leg(a: (f64, f64), b: (f64, f64), n: u32) -> Vec<(f64, f64)> {
         .collect()
 }
 
-fn drive() -> Vec<(f64, f64)> {
+fn drive() -> Vec<((f64, f64), f64)> {
     let start = (PICKUP.0 - 0.0030, PICKUP.1); // about 330 m south
-    let mut path = leg(start, PICKUP, 30);
-    path.extend(std::iter::repeat_n(PICKUP, 10)); // loading at the pharmacy
-    path.extend(leg(PICKUP, DROPOFF, 30));
-    path.extend(std::iter::repeat_n(DROPOFF, 15)); // at the door
-    path
+    moving(leg(start, PICKUP, 30))
+        .chain(parked(PICKUP, 10)) // loading at the pharmacy
+        .chain(moving(leg(PICKUP, DROPOFF, 30)))
+        .chain(parked(DROPOFF, 15)) // at the door
+        .collect()
 }
 
 async fn kinds(s: &Server, token: &str, id: &str) -> Vec<Value> {
@@ -136,7 +147,7 @@ async fn a_drive_past_the_pickup_to_the_dropoff() {
             ping_at(
                 n + 1 + i,
                 now_ms() - 5_000 + i.cast_signed() * 1000,
-                DROPOFF,
+                (DROPOFF, 0.0),
             )
         })
         .collect();
@@ -207,7 +218,7 @@ async fn a_driver_waiting_at_a_busy_pharmacy_arrives_for_its_own_deliveries_only
     let t0 = now_ms() - 100_000;
     let mut ws = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
     let waiting: Vec<Value> = (0..20)
-        .map(|i| ping_at(i + 1, t0 + i.cast_signed() * 1000, PICKUP))
+        .map(|i| ping_at(i + 1, t0 + i.cast_signed() * 1000, (PICKUP, 0.0)))
         .collect();
     send_json(&mut ws, &json!({"type":"batch","pings":waiting})).await;
     assert_eq!(until_ack(&mut ws).await.0, 20);
@@ -230,7 +241,7 @@ async fn a_driver_waiting_at_a_busy_pharmacy_arrives_for_its_own_deliveries_only
         .await;
     assert_eq!(code, 200);
     let more: Vec<Value> = (20..30)
-        .map(|i| ping_at(i + 1, t0 + i.cast_signed() * 1000, PICKUP))
+        .map(|i| ping_at(i + 1, t0 + i.cast_signed() * 1000, (PICKUP, 0.0)))
         .collect();
     send_json(&mut ws, &json!({"type":"batch","pings":more})).await;
     assert_eq!(until_ack(&mut ws).await.0, 30);
@@ -253,7 +264,7 @@ async fn a_driver_waiting_at_a_busy_pharmacy_arrives_for_its_own_deliveries_only
         .await;
     assert_eq!(code, 200);
     let more: Vec<Value> = (30..35)
-        .map(|i| ping_at(i + 1, t0 + i.cast_signed() * 1000, PICKUP))
+        .map(|i| ping_at(i + 1, t0 + i.cast_signed() * 1000, (PICKUP, 0.0)))
         .collect();
     send_json(&mut ws, &json!({"type":"batch","pings":more})).await;
     assert_eq!(until_ack(&mut ws).await.0, 35);
@@ -272,8 +283,7 @@ async fn a_driver_waiting_at_a_busy_pharmacy_arrives_for_its_own_deliveries_only
         )
         .await;
     assert_eq!(code, 200, "{out}");
-    let away: Vec<Value> = leg(PICKUP, DROPOFF, 30)
-        .into_iter()
+    let away: Vec<Value> = moving(leg(PICKUP, DROPOFF, 30))
         .zip(35u64..)
         .map(|(p, i)| ping_at(i + 1, t0 + i.cast_signed() * 1000, p))
         .collect();
@@ -283,4 +293,79 @@ async fn a_driver_waiting_at_a_busy_pharmacy_arrives_for_its_own_deliveries_only
         let ev = kinds(&s, &disp, id).await;
         assert_eq!(count(&ev, "pickup.departed"), departed, "{id}: {ev:?}");
     }
+}
+
+#[tokio::test]
+async fn driving_past_a_later_stop_is_not_arriving_and_leaving_without_a_handover_is_on_the_way_again()
+ {
+    let mut s = Server::start();
+    let disp = staff("acme", "dispatcher", "alice");
+    // rx-2's door lies on the way to rx-1's, which comes first on the route.
+    let on_the_way = ((PICKUP.0 + DROPOFF.0) / 2.0, (PICKUP.1 + DROPOFF.1) / 2.0);
+    for (id, door) in [("rx-1", DROPOFF), ("rx-2", on_the_way)] {
+        let body = json!({
+            "id": id,
+            "pickup": {"lat": PICKUP.0, "lng": PICKUP.1, "radius_m": 60},
+            "dropoff": {"lat": door.0, "lng": door.1, "radius_m": 40},
+            "recipient": {"first_name": "Anneliese"}
+        });
+        assert_eq!(s.post("/v1/deliveries", &disp, &body).await.0, 201);
+        let (code, _) = s
+            .post(
+                &format!("/v1/deliveries/{id}/status"),
+                &disp,
+                &json!({"status":"picked_up"}),
+            )
+            .await;
+        assert_eq!(code, 200);
+    }
+    let (code, _) = s
+        .put(
+            "/v1/drivers/d1/route",
+            &disp,
+            &json!({"stops":["rx-1","rx-2"]}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    // Through rx-2's fence at 9 m/s to rx-1's door, a minute there, then
+    // away again without handing anything over.
+    let away = (DROPOFF.0 + 0.0030, DROPOFF.1);
+    let path: Vec<((f64, f64), f64)> = moving(leg(PICKUP, DROPOFF, 30))
+        .chain(parked(DROPOFF, 60))
+        .chain(moving(leg(DROPOFF, away, 30)))
+        .collect();
+    let t0 = now_ms() - 200_000;
+    let pings: Vec<Value> = path
+        .iter()
+        .zip(0i64..)
+        .map(|(p, k)| ping_at(u64::try_from(k).unwrap() + 1, t0 + k * 1000, *p))
+        .collect();
+    let mut ws = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
+    send_json(&mut ws, &json!({"type":"batch","pings":pings[..40]})).await;
+    assert_eq!(until_ack(&mut ws).await.0, 40);
+    let ev = kinds(&s, &disp, "rx-2").await;
+    assert_eq!(count(&ev, "dropoff.arrived"), 0, "drove past rx-2: {ev:?}");
+    let ev = kinds(&s, &disp, "rx-1").await;
+    assert_eq!(count(&ev, "dropoff.arrived"), 1, "stopped at rx-1: {ev:?}");
+    assert_eq!(
+        s.get("/v1/deliveries/rx-1", &disp).await.1["status"],
+        "arrived"
+    );
+    let rx2 = s.get("/v1/deliveries/rx-2", &disp).await.1["status"].clone();
+    assert!(rx2 == "en_route" || rx2 == "approaching", "{rx2}");
+
+    send_json(&mut ws, &json!({"type":"batch","pings":pings[40..]})).await;
+    assert_eq!(until_ack(&mut ws).await.0, pings.len() as u64);
+    let ev = kinds(&s, &disp, "rx-1").await;
+    assert_eq!(count(&ev, "dropoff.departed"), 1, "{ev:?}");
+    // Left without a status change: on the way again (and, this close,
+    // approaching again), not "arrived" forever.
+    let status = s.get("/v1/deliveries/rx-1", &disp).await.1["status"].clone();
+    assert!(status == "en_route" || status == "approaching", "{status}");
+    assert_eq!(count(&kinds(&s, &disp, "rx-2").await, "dropoff.arrived"), 0);
+    // The same holds after a restart, which rebuilds the state from the log.
+    drop(ws);
+    s.restart();
+    let after = s.get("/v1/deliveries/rx-1", &disp).await.1["status"].clone();
+    assert_eq!(after, status);
 }

@@ -40,7 +40,15 @@ fn assert_minimal(msg: &Value) {
     let obj = msg.as_object().unwrap();
     for k in obj.keys() {
         assert!(
-            ["status", "stops_before", "eta", "updating", "updated_at"].contains(&k.as_str()),
+            [
+                "status",
+                "stops_before",
+                "eta",
+                "updating",
+                "display_name",
+                "updated_at"
+            ]
+            .contains(&k.as_str()),
             "key {k} in {msg}"
         );
     }
@@ -58,13 +66,20 @@ fn assert_minimal(msg: &Value) {
         assert!(!text.contains(forbidden), "{forbidden} in {text}");
     }
     if let Some(eta) = msg["eta"].as_object() {
-        for k in ["from", "to"] {
-            assert_eq!(
-                eta[k].as_i64().unwrap() % 300_000,
-                0,
-                "windows are whole 5 minutes: {msg}"
-            );
-        }
+        // Whole 5 minutes, except a start that would be past: then the
+        // current minute.
+        let (from, to) = (eta["from"].as_i64().unwrap(), eta["to"].as_i64().unwrap());
+        assert_eq!(to % 300_000, 0, "windows end on whole 5 minutes: {msg}");
+        assert_eq!(from % 60_000, 0, "windows start on a whole minute: {msg}");
+        let minute = now_ms() / 60_000 * 60_000;
+        assert!(
+            from % 300_000 == 0 || from >= minute - 60_000,
+            "a start off the 5-minute grid is the current minute: {msg}"
+        );
+        assert!(
+            from >= minute - 60_000,
+            "windows never start in the past: {msg}"
+        );
     }
 }
 
@@ -118,16 +133,14 @@ async fn a_patient_follows_the_whole_delivery() {
         }
         msgs
     });
+    // On a route but not yet picked up: stops before it mean nothing yet,
+    // so the patient is shown no change.
     s.put(
         "/v1/drivers/d1/route",
         &disp,
         &json!({"stops":["rx-2","rx-1"]}),
     )
     .await;
-    assert_eq!(patient_next(&mut patient).await["stops_before"], 1);
-    s.put("/v1/drivers/d1/route", &disp, &json!({"stops":["rx-1"]}))
-        .await;
-    assert_eq!(patient_next(&mut patient).await["stops_before"], 0);
     s.post(
         "/v1/deliveries/rx-1/status",
         &disp,
@@ -136,11 +149,20 @@ async fn a_patient_follows_the_whole_delivery() {
     .await;
     let m = patient_next(&mut patient).await;
     assert_eq!(
-        (m["status"].as_str(), m["updating"].as_bool()),
-        (Some("en_route"), Some(true))
+        (
+            m["status"].as_str(),
+            m["updating"].as_bool(),
+            m["stops_before"].as_u64()
+        ),
+        (Some("en_route"), Some(true), Some(1)),
+        "{m}"
     );
+    s.put("/v1/drivers/d1/route", &disp, &json!({"stops":["rx-1"]}))
+        .await;
+    assert_eq!(patient_next(&mut patient).await["stops_before"], 0);
 
-    // The driver approaches from 3 km south at 10 m/s, then waits at the door.
+    // The driver approaches from 3 km south at 10 m/s (past the pharmacy,
+    // where it does not stop), then stands at the door.
     let mut driver_ws = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
     let t0 = now_ms() - 400_000;
     let steps = 300u32;
@@ -148,7 +170,8 @@ async fn a_patient_follows_the_whole_delivery() {
         .map(|i| {
             let f = f64::from(steps.saturating_sub(i)) / f64::from(steps);
             json!({"type":"ping","seq": i + 1, "ts": t0 + i64::from(i) * 1000,
-                   "lat": DROPOFF.0 - 0.027 * f + noise(i, 7), "lng": DROPOFF.1 + noise(i, 13) * 2.0, "acc": 5.0, "speed": 10.0})
+                   "lat": DROPOFF.0 - 0.027 * f + noise(i, 7), "lng": DROPOFF.1 + noise(i, 13) * 2.0, "acc": 5.0,
+                   "speed": if i > steps { 0.0 } else { 10.0 }})
         })
         .collect();
     let mut seen = vec![];
@@ -270,17 +293,9 @@ async fn a_patient_follows_the_whole_delivery() {
             "dispatcher missed {kind}"
         );
     }
+    // It drove past the pharmacy at road speed: that is not arriving there.
     for kind in ["pickup.arrived", "pickup.departed"] {
-        let found: Vec<&Value> = ev["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["kind"] == kind)
-            .collect();
-        assert_eq!(found.len(), 1, "{kind}: {kinds:?}");
-        assert!(
-            found[0]["where"]["lat"].as_f64().is_some() && found[0]["device_ts"].as_i64().is_some()
-        );
+        assert!(!kinds.contains(&kind), "{kind}: {kinds:?}");
     }
     let arrived: Vec<&Value> = ev["events"]
         .as_array()
