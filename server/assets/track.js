@@ -14,6 +14,32 @@
     cancelled: "Cancelled",
   };
   const time = (ms) => new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  // How far along each status is: steps done (picked up, on the way,
+  // almost there, delivered) and the current one.
+  const STEP = { scheduled: 0, en_route: 1, approaching: 2, arrived: 3, delivered: 4 };
+  const NEXT = {
+    scheduled: "Your order is being prepared. The expected time appears once it leaves the pharmacy.",
+    en_route: "Your order is on its way.",
+    approaching: "The driver is a few minutes away.",
+    arrived: "The driver is at your door.",
+    delivered: "",
+    failed: "The pharmacy will contact you.",
+    cancelled: "The pharmacy will contact you.",
+  };
+  const QUIET = "The driver's position is updating. Your order is still on its way; the expected time returns as soon as the driver's app reports again.";
+
+  function progress(status) {
+    const step = STEP[status];
+    const items = document.querySelectorAll("#progress li");
+    $("progress").hidden = step === undefined;
+    items.forEach((li, i) => {
+      const done = step !== undefined && (i < step || (i === 3 && step === 4));
+      li.className = done ? "done" : i === step ? "current" : "";
+      if (i === step && step < 4) li.setAttribute("aria-current", "step");
+      else li.removeAttribute("aria-current");
+      li.dataset.done = done ? "yes" : "no";
+    });
+  }
   let attempt = 0;
   let finished = false;
 
@@ -25,6 +51,13 @@
     $("eta").textContent = s.eta ? time(s.eta.from) + " – " + time(s.eta.to) : s.updating ? "Updating…" : "—";
     $("stops").textContent =
       s.stops_before === undefined || s.stops_before === null ? "—" : s.stops_before === 0 ? "None: you are next" : String(s.stops_before);
+    if (s.display_name) {
+      $("from").textContent = "From " + s.display_name;
+      $("from").hidden = false;
+    }
+    progress(s.status);
+    $("next").textContent = s.updating ? QUIET : NEXT[s.status] || "";
+    $("updated").textContent = s.updated_at ? "Last updated " + time(s.updated_at) : "";
     $("note").textContent = "";
   }
 
@@ -35,6 +68,8 @@
     status.dataset.status = "gone";
     $("eta").textContent = "—";
     $("stops").textContent = "—";
+    $("next").textContent = "";
+    $("progress").hidden = true;
   }
 
   function connect() {

@@ -188,7 +188,7 @@ impl Server {
         };
         let config = format!(
             "listen = \"{listen}\"\npublic_url = \"https://track.example.test\"\ndata_dir = \"data\"\n{}\n\
-             [[tenants]]\nid = \"acme\"\nhs256_secret_file = \"acme.secret\"\n\
+             [[tenants]]\nid = \"acme\"\nhs256_secret_file = \"acme.secret\"\ndisplay_name = \"Apteekki Acme\"\n\
              [[tenants]]\nid = \"beta\"\nhs256_secret_env = \"BETA_JWT\"\n",
             self.extra_config
         );

@@ -63,6 +63,33 @@ async fn the_patient_page_shows_and_follows_the_status() {
             .await,
         json!("polite")
     );
+    // The pharmacy's name, where the order stands, and what comes next.
+    assert_eq!(
+        b.eval("document.getElementById('from').textContent").await,
+        json!("From Apteekki Acme")
+    );
+    let done = "Array.from(document.querySelectorAll('#progress li')).map(li => li.dataset.done + ':' + (li.getAttribute('aria-current') || '')).join(',')";
+    assert_eq!(b.eval(done).await, json!("no:step,no:,no:,no:"));
+    let next = "document.getElementById('next').textContent";
+    assert!(
+        b.eval(next)
+            .await
+            .as_str()
+            .unwrap()
+            .contains("being prepared")
+    );
+    assert!(
+        b.eval("document.getElementById('updated').textContent")
+            .await
+            .as_str()
+            .unwrap()
+            .starts_with("Last updated ")
+    );
+    assert_eq!(
+        b.eval("document.getElementById('stops').textContent").await,
+        json!("—"),
+        "no 'you are next' before the order is on its way"
+    );
     b.screenshot("patient-page-scheduled.png").await;
 
     s.put("/v1/drivers/d1/route", &disp, &json!({"stops":["rx-1"]}))
@@ -86,6 +113,15 @@ async fn the_patient_page_shows_and_follows_the_status() {
         5,
     )
     .await;
+    // No fix yet: the page says what happens next rather than a stale time.
+    assert!(
+        b.eval(next)
+            .await
+            .as_str()
+            .unwrap()
+            .contains("position is updating")
+    );
+    assert_eq!(b.eval(done).await, json!("yes:,no:step,no:,no:"));
 
     // A driver fix gives an ETA window, shown in the viewer's local time.
     let mut d = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
