@@ -476,9 +476,11 @@ async fn drive(
         for (i, out) in fleet.step(now) {
             pings_sent += send(i, out, sent_at, shared, &mut writers[i]).await;
         }
-        // Handed over at the pharmacy; delivered as the driver leaves the door.
+        // Handed over as the driver leaves the pharmacy with the orders;
+        // delivered as it leaves each door.
         for (i, d) in fleet.drivers.iter().enumerate() {
-            if d.picked_up() && !picked[i] {
+            let loaded = d.pickup_visit.is_some_and(|(_, left)| left <= now);
+            if loaded && !picked[i] {
                 picked[i] = true;
                 for id in &pharmacy.ids[i] {
                     calls.push(pharmacy.status(id, "picked_up", shared));

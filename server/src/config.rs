@@ -70,6 +70,9 @@ struct RawEta {
     window_minutes: Option<i64>,
     approaching_minutes: Option<f64>,
     quiet_seconds: Option<i64>,
+    road_speed_factor: Option<f64>,
+    replan_seconds: Option<i64>,
+    off_route_m: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -645,6 +648,13 @@ fn parse_eta(r: &RawEta) -> Result<EtaConfig, ConfigError> {
             None => d.quiet_ms,
             Some(s) => check_range(s, 10, 3600, "eta.quiet_seconds")? * 1000,
         },
+        road_speed_factor: num(r.road_speed_factor, 0.2, 1.5, "road_speed_factor")?
+            .unwrap_or(d.road_speed_factor),
+        replan_ms: match r.replan_seconds {
+            None => d.replan_ms,
+            Some(s) => check_range(s, 5, 3600, "eta.replan_seconds")? * 1000,
+        },
+        off_route_m: num(r.off_route_m, 10.0, 1000.0, "off_route_m")?.unwrap_or(d.off_route_m),
         ..d
     };
     if cfg.min_speed_mps > cfg.max_speed_mps {
@@ -711,6 +721,36 @@ mod tests {
     const TENANT: &str = "[[tenants]]\nid = \"acme\"\nhs256_secret_env = \"ACME_JWT\"\n";
 
     #[test]
+    fn roads_and_display_names() {
+        let c = parse(&format!("roads = \"bundled:kotka\"\n{TENANT}")).unwrap();
+        assert_eq!(c.roads, Some(RoadsSource::Bundled("kotka")));
+        let c = parse(&format!("roads = \"maps/city.osm.pbf\"\n{TENANT}")).unwrap();
+        assert_eq!(
+            c.roads,
+            Some(RoadsSource::File("/etc/rxtrack/maps/city.osm.pbf".into()))
+        );
+        assert!(parse(TENANT).unwrap().roads.is_none());
+        for bad in ["\"bundled:\"", "\"\"", "\"bundled:../etc\""] {
+            assert!(
+                err(&format!("roads = {bad}\n{TENANT}")).contains("`roads`"),
+                "{bad}"
+            );
+        }
+        let named = parse(&format!("{TENANT}display_name = \" Apteekki Kallio \"\n")).unwrap();
+        assert_eq!(
+            named.tenants[0].display_name.as_deref(),
+            Some("Apteekki Kallio")
+        );
+        let long = "x".repeat(MAX_DISPLAY_NAME_CHARS + 1);
+        for bad in ["\"\"", "\"  \"", "\"a\\nb\"", &format!("\"{long}\"")] {
+            assert!(
+                err(&format!("{TENANT}display_name = {bad}\n")).contains("tenants[0].display_name"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn a_minimal_config_parses_with_defaults() {
         let c = parse(TENANT).unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
@@ -763,6 +803,14 @@ mod tests {
             err(&format!("{TENANT}[eta]\nwindow_minutes = 0\n")).contains("eta.window_minutes")
         );
         assert!(err(&format!("{TENANT}[eta]\nwarp = 9\n")).contains("warp"));
+        assert!(
+            err(&format!("{TENANT}[eta]\nroad_speed_factor = 9\n"))
+                .contains("eta.road_speed_factor")
+        );
+        assert!(
+            err(&format!("{TENANT}[eta]\nreplan_seconds = 1\n")).contains("eta.replan_seconds")
+        );
+        assert!(err(&format!("{TENANT}[eta]\noff_route_m = -1\n")).contains("eta.off_route_m"));
         let c = parse(&format!(
             "{TENANT}[eta]\ncircuity = 1.2\nwindow_minutes = 10\nmax_speed_kmh = 72\n"
         ))

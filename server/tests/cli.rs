@@ -34,6 +34,14 @@ fn config_errors_name_the_key_and_exit_2() {
             "[[tenants]]\nid = \"a\"\nhs256_secret_env = \"X\"\n[limits]\nmax_message_kib = 0\n",
             "limits.max_message_kib",
         ),
+        (
+            "roads = \"bundled:atlantis\"\n[[tenants]]\nid = \"a\"\nhs256_secret_env = \"X\"\n",
+            "`roads`",
+        ),
+        (
+            "[[tenants]]\nid = \"a\"\nhs256_secret_env = \"X\"\ndisplay_name = \"A\\u0007B\"\n",
+            "tenants[0].display_name",
+        ),
     ];
     for (body, expected) in cases {
         let p = write_config(dir.path(), body);
@@ -100,4 +108,31 @@ fn log_verify_on_an_empty_folder_is_ok() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ok"], true);
     assert_eq!(report["events"], 0);
+}
+
+#[test]
+fn a_road_extract_that_cannot_be_read_stops_the_start_and_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("not-a-map.osm.pbf"),
+        b"this is not a protobuf",
+    )
+    .unwrap();
+    for file in ["missing.osm.pbf", "not-a-map.osm.pbf"] {
+        let p = write_config(
+            dir.path(),
+            &format!(
+                "listen = \"127.0.0.1:0\"\nroads = \"{file}\"\n[[tenants]]\nid = \"a\"\nhs256_secret_env = \"X\"\n"
+            ),
+        );
+        let out = rxtrack()
+            .args(["serve", "--config"])
+            .arg(&p)
+            .env("X", "x".repeat(40))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{file}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("roads") && err.contains(file), "{file}: {err}");
+    }
 }
