@@ -1,6 +1,10 @@
 //! What road ETAs cost: a plan (A* through a driver's stops) and a fix
 //! placed on it, on central Helsinki's streets.
 #![allow(clippy::unwrap_used, reason = "a bench fails by panicking")]
+#![allow(
+    clippy::many_single_char_names,
+    reason = "criterion's c and b, and short loop names"
+)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use roads::{Advance, Network, Plan, RoadGraph, SpeedTable};

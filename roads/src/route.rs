@@ -8,7 +8,9 @@
 //! projections rather than a search.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use rustc_hash::FxHashMap;
 
 use crate::graph::{RoadGraph, distance_m};
 use crate::snap::{Projection, Snap, Snapper, project};
@@ -207,6 +209,17 @@ impl Network {
         self.snapper.projection()
     }
 
+    /// Whether a snapped point stands on its edge's start (`end` false) or
+    /// end node, within a metre.
+    fn at_node(&self, s: &Snap, end: bool) -> bool {
+        let len = self
+            .graph
+            .edge_with_id(s.from, s.to)
+            .map_or(0.0, |(_, e)| e.len_m);
+        let along = if end { 1.0 - s.t } else { s.t };
+        along * len <= 1.0
+    }
+
     fn time(&self, from: u32, to: u32, speeds: &SpeedTable) -> Option<(u32, f64)> {
         let (id, e) = self.graph.edge_with_id(from, to)?;
         Some((id, e.len_m / speeds.speed(id).max(0.5)))
@@ -250,6 +263,11 @@ impl Network {
         if let Some((id, t)) = back.filter(|_| along != Some(true) || fwd.is_none()) {
             starts.push((a.from, a.t * t, id));
         }
+        // Standing on a node (stops and drivers often are), every street
+        // leaving it is a start, one-way ones included.
+        if let Some((id, _)) = fwd.filter(|_| self.at_node(a, false)) {
+            starts.push((a.from, 0.0, id));
+        }
         // End options: (node, seconds from it to b, edge used).
         let mut ends: Vec<(u32, f64, u32)> = Vec::with_capacity(2);
         if let Some((id, t)) = self.time(b.from, b.to, speeds) {
@@ -257,6 +275,14 @@ impl Network {
         }
         if let Some((id, t)) = self.time(b.to, b.from, speeds) {
             ends.push((b.to, (1.0 - b.t) * t, id));
+        }
+        // A target on a node is reached by any street into it.
+        if let Some((id, _)) = self
+            .graph
+            .edge_with_id(b.from, b.to)
+            .filter(|_| self.at_node(b, true))
+        {
+            ends.push((b.to, 0.0, id));
         }
         // Both on the same street, b ahead in the direction of travel.
         let same = (a.from == b.from && a.to == b.to) || (a.from == b.to && a.to == b.from);
@@ -280,7 +306,7 @@ impl Network {
         }
         let target = b.point;
         let h = |v: u32| distance_m(self.graph.nodes[v as usize], target) / self.top_speed;
-        let mut best: HashMap<u32, (f64, u32, u32)> = HashMap::new();
+        let mut best: FxHashMap<u32, (f64, u32, u32)> = FxHashMap::default();
         let mut heap = BinaryHeap::new();
         for &(v, t, id) in &starts {
             if best.get(&v).is_none_or(|b| t < b.0) {
@@ -412,6 +438,21 @@ impl Plan {
             progress_m: 0.0,
             anchor: None,
         })
+    }
+
+    /// Times the plan's legs again with the current speeds, keeping its
+    /// paths and the driver's progress: what was learned since it was made
+    /// reaches the estimates without a new search.
+    pub fn retime(&mut self, speeds: &SpeedTable, now_ms: i64) {
+        for leg in &mut self.legs {
+            let mut acc = 0.0;
+            for i in 0..leg.edges.len() {
+                let metres = leg.metres[i + 1] - leg.metres[i];
+                acc += metres / speeds.speed(leg.edges[i]).max(0.5);
+                leg.secs[i + 1] = acc;
+            }
+        }
+        self.made_at_ms = now_ms;
     }
 
     /// Metres from the plan's start to a progress point.

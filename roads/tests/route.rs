@@ -98,6 +98,35 @@ fn learned_speeds_move_towards_what_the_fleet_drives() {
 }
 
 #[test]
+fn a_plan_retimed_with_learned_speeds_keeps_its_path_and_progress() {
+    let net = helsinki();
+    let g = net.graph();
+    let mut speeds = SpeedTable::new(net, 1.0);
+    let mut plan = Plan::new(
+        net,
+        g.nodes[10],
+        None,
+        &[g.nodes[g.nodes.len() / 2]],
+        &speeds,
+        0,
+    )
+    .unwrap();
+    let before = plan.remaining_s()[0];
+    let points = plan.legs[0].points.clone();
+    // The fleet found every edge of it at half its class speed.
+    for &e in &plan.legs[0].edges.clone() {
+        for _ in 0..30 {
+            speeds.observe(e, speeds.speed(e) * 0.5);
+        }
+    }
+    plan.retime(&speeds, 60_000);
+    assert_eq!(plan.legs[0].points, points);
+    assert_eq!(plan.made_at_ms, 60_000);
+    let after = plan.remaining_s()[0];
+    assert!(after > before * 1.5, "{before} -> {after}");
+}
+
+#[test]
 fn the_kotka_extract_plans_too() {
     let net = Network::new(RoadGraph::from_pbf_bytes(roads::KOTKA, "kotka").unwrap());
     let g = net.graph();

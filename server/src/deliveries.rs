@@ -1018,8 +1018,9 @@ fn require(who: &Principal, roles: &[Role]) -> Result<(), DomainError> {
 }
 
 /// Seconds of driving from the driver to each target: along its road plan
-/// (made again when the targets change, when it is older than
-/// `replan_ms`, or after the driver left it), else by the straight line.
+/// (searched again when the targets change or after the driver left it,
+/// timed again with the learned speeds when older than `replan_ms`), else
+/// by the straight line.
 fn drive_seconds(
     live: &mut DriverLive,
     targets: &[LatLng],
@@ -1028,9 +1029,15 @@ fn drive_seconds(
     now: UnixMillis,
 ) -> Vec<f64> {
     if let Some((net, speeds)) = roads {
-        let stale = live.plan.as_ref().is_none_or(|(p, stops)| {
-            stops.as_slice() != targets || now.0 - p.made_at_ms > cfg.replan_ms
-        });
+        let stale = live
+            .plan
+            .as_ref()
+            .is_none_or(|(_, stops)| stops.as_slice() != targets);
+        if let Some((plan, _)) = live.plan.as_mut().filter(|_| !stale)
+            && now.0 - plan.made_at_ms > cfg.replan_ms
+        {
+            plan.retime(speeds, now.0);
+        }
         if stale {
             let points: Vec<(f64, f64)> = targets.iter().map(|t| (t.lat, t.lng)).collect();
             live.plan = roads::Plan::new(

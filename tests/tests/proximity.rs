@@ -301,7 +301,10 @@ async fn driving_past_a_later_stop_is_not_arriving_and_leaving_without_a_handove
     let mut s = Server::start();
     let disp = staff("acme", "dispatcher", "alice");
     // rx-2's door lies on the way to rx-1's, which comes first on the route.
-    let on_the_way = ((PICKUP.0 + DROPOFF.0) / 2.0, (PICKUP.1 + DROPOFF.1) / 2.0);
+    let on_the_way = (
+        f64::midpoint(PICKUP.0, DROPOFF.0),
+        f64::midpoint(PICKUP.1, DROPOFF.1),
+    );
     for (id, door) in [("rx-1", DROPOFF), ("rx-2", on_the_way)] {
         let body = json!({
             "id": id,
