@@ -133,8 +133,8 @@ impl Default for TrackConfig {
 ///   shows slow within seconds while a car driving past at 20 km/h never
 ///   does, and a living street's 7 km/h crawl only by a run of unlikely
 ///   errors.
-/// - **Still**: for apps that report no speed (or a driver walking to the
-///   door), every fix for `still_ms` (30 s) within `still_radius_m` (20 m)
+/// - **Still**: for apps that report no speed, every fix for `still_ms`
+///   (30 s) within `still_radius_m` (20 m)
 ///   of the mean of the fixes since the stillness began. The mean, not the
 ///   first fix: one noisy fix must not decide. Parked, consumer GPS wanders
 ///   a few metres (the real car track's parked fixes, 1–3 m a step; the
@@ -207,10 +207,14 @@ impl Motion {
             None => Still::new(fix.point, t),
         };
         self.still = Some(still);
-        let slow = self
-            .slow_since
-            .is_some_and(|since| since < t && t - since >= cfg.stop_ms);
-        slow || t - still.since >= cfg.still_ms
+        // A device that reports its speed is believed: stillness alone
+        // would still call a car stopped for its first metres away.
+        match fix.speed_mps {
+            Some(_) => self
+                .slow_since
+                .is_some_and(|since| since < t && t - since >= cfg.stop_ms),
+            None => t - still.since >= cfg.still_ms,
+        }
     }
 }
 

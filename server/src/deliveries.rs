@@ -374,6 +374,9 @@ impl Delivery {
     }
 }
 
+/// Below this reported speed a driver is standing, m/s (walking pace, as
+/// the detector's `TrackConfig::stop_speed_mps`).
+const MOVING_MPS: f64 = 1.4;
 /// An estimate is kept for calibration this often per delivery.
 const PREDICTION_EVERY_MS: i64 = 30_000;
 /// Most estimates kept per delivery (two hours' worth).
@@ -1309,13 +1312,20 @@ impl TenantState {
                 .flatten()
                 .map(move |(id, stop)| (id, *stop, event))
         });
+        let (Some(route), Some(detector)) = (route, self.drivers.get(&who.sub)) else {
+            return drafts;
+        };
         for (id, stop, event) in found {
-            if !route.is_some_and(|r| r.contains(id)) {
+            if !route.contains(id) {
                 continue;
             }
             let Some(d) = self.deliveries.get(id) else {
                 continue;
             };
+            let arriving = matches!(event, ProximityEvent::Entered(_));
+            if arriving && !self.may_arrive(route, detector, id, stop) {
+                continue;
+            }
             let (at_pickup, at_dropoff) = flags
                 .entry(id.clone())
                 .or_insert((d.at_pickup, d.at_dropoff));
@@ -1344,9 +1354,43 @@ impl TenantState {
         drafts
     }
 
-    /// A delivery added to the route while its driver is already inside a
-    /// fence it shares with another (a second order collected at the same
-    /// pharmacy) arrives with the driver's newest trusted fix. `flags`: the
+    /// Whether `id` may be recorded as arrived at `stop` now: a pickup only
+    /// while its order waits there; a drop-off only once it is on its way,
+    /// and not while the driver stands in the fence of an earlier drop-off
+    /// of its route (two doors within one fence: the earlier one first; the
+    /// later one arrives if the driver is still stopped there once the
+    /// earlier one is done).
+    fn may_arrive(
+        &self,
+        route: &[DeliveryId],
+        detector: &geofence::Subject,
+        id: &DeliveryId,
+        stop: Stop,
+    ) -> bool {
+        let Some(d) = self.deliveries.get(id) else {
+            return false;
+        };
+        match stop {
+            Stop::Pickup => d.status == Status::Scheduled,
+            Stop::Dropoff => {
+                d.status.is_moving()
+                    && !route
+                        .iter()
+                        .take_while(|r| *r != id)
+                        .filter_map(|r| self.deliveries.get(r))
+                        .any(|e| {
+                            !e.status.is_final()
+                                && e.fences.is_some_and(|(_, f)| detector.is_inside(f))
+                        })
+            }
+        }
+    }
+
+    /// A delivery whose driver is stopped inside its fence without having
+    /// arrived arrives with the driver's newest trusted fix: one added to
+    /// the route while the driver waits at a fence it shares with another
+    /// (a second order collected at the same pharmacy), or a door whose
+    /// arrival waited for an earlier door in the same fence. `flags`: the
     /// arrived flags as this batch's events leave them.
     fn arrivals_inside(
         &self,
@@ -1362,6 +1406,9 @@ impl TenantState {
         let Some(last) = detector.track().last_trusted() else {
             return;
         };
+        if !detector.is_stopped() {
+            return;
+        }
         for id in route {
             let Some(d) = self.deliveries.get(id) else {
                 continue;
@@ -1373,7 +1420,10 @@ impl TenantState {
                 .get(id)
                 .copied()
                 .unwrap_or((d.at_pickup, d.at_dropoff));
-            if detector.is_inside(pickup) && !at_pickup {
+            if detector.is_inside(pickup)
+                && !at_pickup
+                && self.may_arrive(route, detector, id, Stop::Pickup)
+            {
                 drafts.push(proximity_draft(
                     EventKind::PickupArrived,
                     id,
@@ -1382,7 +1432,10 @@ impl TenantState {
                     &last,
                 ));
             }
-            if detector.is_inside(dropoff) && !at_dropoff {
+            if detector.is_inside(dropoff)
+                && !at_dropoff
+                && self.may_arrive(route, detector, id, Stop::Dropoff)
+            {
                 drafts.push(proximity_draft(
                     EventKind::DropoffArrived,
                     id,
@@ -1642,7 +1695,10 @@ impl TenantState {
             match plan.advance(net, (f.pos.lat, f.pos.lng), f.ts.0, cfg.off_route_m) {
                 roads::Advance::On(sample) => {
                     live.off_route = 0;
-                    if let Some((edge, mps)) = sample.filter(|_| !at_stop) {
+                    // Standing (at a stop, or as the phone says) is not a
+                    // road's speed; a slow crawl in traffic is.
+                    let standing = at_stop || f.speed.is_some_and(|v| v < MOVING_MPS);
+                    if let Some((edge, mps)) = sample.filter(|_| !standing) {
                         speeds.observe(edge, mps);
                     }
                 }

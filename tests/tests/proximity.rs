@@ -372,3 +372,91 @@ async fn driving_past_a_later_stop_is_not_arriving_and_leaving_without_a_handove
     let after = s.get("/v1/deliveries/rx-1", &disp).await.1["status"].clone();
     assert_eq!(after, status);
 }
+
+#[tokio::test]
+async fn two_doors_in_one_fence_arrive_in_route_order_and_none_before_the_pickup() {
+    let s = Server::start();
+    let disp = staff("acme", "dispatcher", "alice");
+    // rx-2's door is 15 m from rx-1's, well inside its 40 m fence; rx-3's
+    // door is next to the pharmacy, and rx-3 is not picked up yet.
+    let next_door = (DROPOFF.0 + 0.000_135, DROPOFF.1);
+    let by_the_pharmacy = (PICKUP.0 + 0.000_1, PICKUP.1);
+    for (id, door) in [
+        ("rx-1", DROPOFF),
+        ("rx-2", next_door),
+        ("rx-3", by_the_pharmacy),
+    ] {
+        let body = json!({
+            "id": id,
+            "pickup": {"lat": PICKUP.0, "lng": PICKUP.1, "radius_m": 60},
+            "dropoff": {"lat": door.0, "lng": door.1, "radius_m": 40},
+            "recipient": {"first_name": "Anneliese"}
+        });
+        assert_eq!(s.post("/v1/deliveries", &disp, &body).await.0, 201);
+    }
+    for id in ["rx-1", "rx-2"] {
+        let (code, _) = s
+            .post(
+                &format!("/v1/deliveries/{id}/status"),
+                &disp,
+                &json!({"status":"picked_up"}),
+            )
+            .await;
+        assert_eq!(code, 200);
+    }
+    let (code, _) = s
+        .put(
+            "/v1/drivers/d1/route",
+            &disp,
+            &json!({"stops":["rx-3", "rx-1", "rx-2"]}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let t0 = now_ms() - 300_000;
+    let mut seq = 0u64;
+    let mut batch = |path: Vec<((f64, f64), f64)>| -> Value {
+        let pings: Vec<Value> = path
+            .into_iter()
+            .map(|p| {
+                seq += 1;
+                ping_at(seq, t0 + i64::try_from(seq).unwrap() * 1000, p)
+            })
+            .collect();
+        json!({"type":"batch","pings":pings})
+    };
+    let mut ws = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
+    // A minute at the pharmacy, in rx-3's drop-off fence: not an arrival
+    // of an order still waiting there.
+    send_json(&mut ws, &batch(parked(PICKUP, 60).collect())).await;
+    until_ack(&mut ws).await;
+    assert_eq!(count(&kinds(&s, &disp, "rx-3").await, "dropoff.arrived"), 0);
+    // Parked at rx-1's door: rx-1 arrives, rx-2 (same fence, later on the
+    // route) does not yet.
+    let drive = batch(
+        moving(leg(PICKUP, DROPOFF, 30))
+            .chain(parked(DROPOFF, 20))
+            .collect(),
+    );
+    send_json(&mut ws, &drive).await;
+    until_ack(&mut ws).await;
+    assert_eq!(count(&kinds(&s, &disp, "rx-1").await, "dropoff.arrived"), 1);
+    assert_eq!(count(&kinds(&s, &disp, "rx-2").await, "dropoff.arrived"), 0);
+    // rx-1 is handed over; the driver walks to the next door without moving
+    // the car: now rx-2 has arrived.
+    let (code, _) = s
+        .post(
+            "/v1/deliveries/rx-1/status",
+            &disp,
+            &json!({"status":"delivered"}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    send_json(&mut ws, &batch(parked(DROPOFF, 5).collect())).await;
+    until_ack(&mut ws).await;
+    let ev = kinds(&s, &disp, "rx-2").await;
+    assert_eq!(count(&ev, "dropoff.arrived"), 1, "{ev:?}");
+    assert_eq!(
+        s.get("/v1/deliveries/rx-2", &disp).await.1["status"],
+        "arrived"
+    );
+}
