@@ -344,6 +344,8 @@ pub struct Delivery {
     pub link_revoked: bool,
     /// The latest arrival estimate.
     pub eta: Option<UnixMillis>,
+    /// The estimate dispatchers were last told of.
+    eta_told: Option<i64>,
     /// When `dropoff.arrived` was last recorded (server time), until the
     /// driver leaves or the delivery ends: the dwell that teaches the
     /// service time.
@@ -459,6 +461,8 @@ pub struct TenantState {
     service: ServiceModel,
     /// The tenant's name as patients see it.
     display_name: Option<Arc<str>>,
+    /// Deliveries whose patient view or estimate moved since last taken.
+    view_changes: Vec<DeliveryId>,
 }
 
 /// A tenant: its id and its state behind one lock.
@@ -515,7 +519,13 @@ struct PatientParts<'a> {
     cfg: &'a EtaConfig,
     calibration: &'a mut Calibration,
     display_name: Option<&'a Arc<str>>,
+    /// Deliveries whose patient view or estimate moved, for dispatchers.
+    changed: &'a mut Vec<DeliveryId>,
 }
+
+/// Dispatchers hear of an estimate that moved by this much, ms, even when
+/// the patient's rounded window did not change.
+const ESTIMATE_MOVED_MS: i64 = 30_000;
 
 fn publish_patient(d: &mut Delivery, parts: &mut PatientParts<'_>, now: UnixMillis) {
     let PatientParts {
@@ -524,6 +534,7 @@ fn publish_patient(d: &mut Delivery, parts: &mut PatientParts<'_>, now: UnixMill
         cfg,
         calibration,
         display_name,
+        changed,
     } = parts;
     let moving = matches!(d.status, Status::EnRoute | Status::Approaching);
     // Stops before this one mean something only once it is on its way.
@@ -550,7 +561,16 @@ fn publish_patient(d: &mut Delivery, parts: &mut PatientParts<'_>, now: UnixMill
         display_name: display_name.cloned(),
         updated_at: now.0,
     };
-    if next.same_view(&d.snapshot) {
+    let moved = match (d.eta, d.eta_told) {
+        (Some(e), Some(t)) => (e.0 - t).abs() >= ESTIMATE_MOVED_MS,
+        (e, t) => e.is_some() != t.is_some(),
+    };
+    let same = next.same_view(&d.snapshot);
+    if moved || !same {
+        d.eta_told = d.eta.map(|e| e.0);
+        changed.push(d.id.clone());
+    }
+    if same {
         return;
     }
     d.patient.send_replace(Utf8Bytes::from(next.encode()));
@@ -615,6 +635,7 @@ impl Tenant {
                 calibration: Calibration::default(),
                 service: ServiceModel::new(EtaConfig::default().service_ms),
                 display_name: None,
+                view_changes: Vec::new(),
             }),
         }
     }
@@ -982,9 +1003,18 @@ impl Tenant {
         st.display_name = display_name;
     }
 
-    /// Marks quiet drivers' patients as "updating".
-    pub fn refresh_quiet(&self, now: UnixMillis) {
-        self.lock().refresh_quiet(now);
+    /// Marks quiet drivers' patients as "updating"; returns the deliveries
+    /// whose view changed.
+    pub fn refresh_quiet(&self, now: UnixMillis) -> Vec<DeliveryId> {
+        let mut st = self.lock();
+        st.refresh_quiet(now);
+        std::mem::take(&mut st.view_changes)
+    }
+
+    /// The deliveries whose patient view or estimate moved since last
+    /// asked (dispatchers are told of them once what caused it is durable).
+    pub fn take_view_changes(&self) -> Vec<DeliveryId> {
+        std::mem::take(&mut self.lock().view_changes)
     }
 
     /// Records an export in the log (HIPAA accounting of disclosures).
@@ -1489,6 +1519,7 @@ impl TenantState {
                 ended_at: None,
                 link_revoked: false,
                 eta: None,
+                eta_told: None,
                 arrived_at: None,
                 predictions: Vec::new(),
                 snapshot,
@@ -1539,6 +1570,7 @@ impl TenantState {
             cfg: &self.eta_cfg,
             calibration: &mut self.calibration,
             display_name: self.display_name.as_ref(),
+            changed: &mut self.view_changes,
         };
         for (i, id) in route.iter().enumerate() {
             if let Some(d) = self.deliveries.get_mut(id) {
@@ -1566,6 +1598,7 @@ impl TenantState {
                 cfg: &self.eta_cfg,
                 calibration: &mut self.calibration,
                 display_name: self.display_name.as_ref(),
+                changed: &mut self.view_changes,
             };
             publish_patient(d, &mut parts, now);
         }

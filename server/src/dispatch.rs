@@ -272,15 +272,29 @@ pub fn publish_events(app: &App, tenant: &crate::deliveries::Tenant, events: &[E
         else {
             continue;
         };
+        publish_deliveries(app, tenant, std::slice::from_ref(&id));
+    }
+}
+
+/// Tells the tenant's dispatchers where these deliveries stand: status,
+/// driver, the window the patient sees and the estimate behind it.
+pub fn publish_deliveries(
+    app: &App,
+    tenant: &crate::deliveries::Tenant,
+    ids: &[crate::types::DeliveryId],
+) {
+    let Some(hub) = app.hubs.get(&tenant.id) else {
+        return;
+    };
+    for id in ids {
         let change = {
             let st = tenant.lock();
-            st.delivery(&id).map(|d| {
+            st.delivery(id).map(|d| {
                 serde_json::json!({
                     "type": "delivery",
                     "id": d.id,
                     "status": d.status,
                     "driver_id": d.driver,
-                    // The window the patient sees, and the estimate behind it.
                     "eta": d.snapshot.eta,
                     "eta_at": d.eta.map(|t| t.0),
                 })

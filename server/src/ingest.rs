@@ -460,6 +460,9 @@ impl Session<'_> {
                 tracing::error!(error = %e, "proximity events could not be made durable; closing the driver socket");
                 return Next::Close(close::GOING_AWAY, "delivery log unavailable");
             }
+            // Windows and estimates that moved, once what caused them is durable.
+            let moved = tenant.take_view_changes();
+            crate::dispatch::publish_deliveries(self.app, tenant, &moved);
         }
         let m = &self.app.metrics;
         m.pings_accepted.inc_by(applied.accepted.len() as u64);

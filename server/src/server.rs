@@ -49,7 +49,8 @@ pub async fn run_app(listener: TcpListener, app: Arc<App>) -> anyhow::Result<()>
                 _ = tick.tick() => {
                     let now = crate::types::UnixMillis::now();
                     for t in scanner.tenants.values() {
-                        t.refresh_quiet(now);
+                        let moved = t.refresh_quiet(now);
+                        crate::dispatch::publish_deliveries(&scanner, t, &moved);
                     }
                 }
             }

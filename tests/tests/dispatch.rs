@@ -176,3 +176,53 @@ async fn a_large_tenant_still_gets_its_snapshot() {
         "the snapshot is larger than a small write buffer"
     );
 }
+
+#[tokio::test]
+async fn dispatchers_see_the_window_patients_see_and_the_estimate_behind_it() {
+    let s = Server::start();
+    let disp = staff("acme", "dispatcher", "alice");
+    let (_, created) = s
+        .post("/v1/deliveries", &disp, &delivery_body("rx-1"))
+        .await;
+    let token = created["tracking_url"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    s.put("/v1/drivers/d1/route", &disp, &json!({"stops":["rx-1"]}))
+        .await;
+    s.post(
+        "/v1/deliveries/rx-1/status",
+        &disp,
+        &json!({"status":"picked_up"}),
+    )
+    .await;
+    let mut a = ws_connect(&s, "/v1/dispatch/ws", &disp, Present::Subprotocol).await;
+    let Got::Json(snap) = next(&mut a, 10).await else {
+        panic!("no snapshot")
+    };
+    assert!(snap["deliveries"][0].get("eta_at").is_some(), "{snap}");
+    // A fix about 1.3 km south of the door: the estimate and its window.
+    let mut d = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
+    send_json(
+        &mut d,
+        &json!({"type":"ping","seq":1,"ts":now_ms(),"lat":60.160,"lng":24.9414,"speed":10.0}),
+    )
+    .await;
+    until_ack(&mut d).await;
+    let msgs = drain(&mut a, 800).await;
+    let told = msgs
+        .iter()
+        .rfind(|m| m["type"] == "delivery" && m["id"] == "rx-1")
+        .unwrap_or_else(|| panic!("no delivery message: {msgs:?}"));
+    let (_, patient) = s.get(&format!("/v1/track/{token}"), "").await;
+    assert_eq!(told["eta"], patient["eta"], "{told} vs {patient}");
+    let at = told["eta_at"].as_i64().unwrap();
+    let (from, to) = (
+        told["eta"]["from"].as_i64().unwrap(),
+        told["eta"]["to"].as_i64().unwrap(),
+    );
+    assert!(from <= at && at <= to, "{told}");
+}
