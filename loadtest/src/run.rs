@@ -371,8 +371,18 @@ fn judge(
             n += 1;
         }
     }
+    // Each wrong arrival, for whoever looks into it (stderr).
+    let (dropoff_count, wrong) = crate::truth::mistakes(&dropoffs, end_ms);
+    let ids: Vec<&String> = ids.iter().flatten().collect();
+    for n in wrong {
+        let (truth, events) = &dropoffs[n];
+        eprintln!(
+            "\nwrong drop-off arrival: {} visit {:?}..{:?}, arrived events at {:?}",
+            ids[n], truth.arrived, truth.departed, events
+        );
+    }
     (
-        count_arrivals(&dropoffs, end_ms),
+        dropoff_count,
         count_arrivals(&pickups, end_ms),
         eta_quality(&traces, end_ms),
     )
@@ -447,6 +457,10 @@ async fn drive(
     let mut picked = vec![false; fleet.drivers.len()];
     let mut delivered: Vec<Vec<bool>> = pharmacy.ids.iter().map(|s| vec![false; s.len()]).collect();
     let mut calls = Vec::new();
+    // Status changes wait until the server has every fix up to them (none
+    // held back in a dead zone, all acknowledged), as they would coming
+    // through the driver app's own channel after its fixes.
+    let mut due: Vec<(usize, String, &'static str)> = Vec::new();
     let began = Instant::now();
     let measure_from = began + cfg.warmup;
     {
@@ -483,16 +497,30 @@ async fn drive(
             if loaded && !picked[i] {
                 picked[i] = true;
                 for id in &pharmacy.ids[i] {
-                    calls.push(pharmacy.status(id, "picked_up", shared));
+                    due.push((i, id.clone(), "picked_up"));
                 }
             }
             for (k, left) in d.departures.iter().enumerate() {
                 if left.is_some_and(|t| t <= now) && !delivered[i][k] {
                     delivered[i][k] = true;
-                    calls.push(pharmacy.status(&pharmacy.ids[i][k], "delivered", shared));
+                    due.push((i, pharmacy.ids[i][k].clone(), "delivered"));
                 }
             }
         }
+        let acked = |i: usize| {
+            sent_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(i)
+                .is_none_or(VecDeque::is_empty)
+        };
+        due.retain(|(i, id, status)| {
+            let ready = !fleet.drivers[*i].holding() && acked(*i);
+            if ready {
+                calls.push(pharmacy.status(id, status, shared));
+            }
+            !ready
+        });
     }
     for c in calls {
         let _ = c.await;

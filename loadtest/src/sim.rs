@@ -154,6 +154,12 @@ impl SimDriver {
         self.leg >= 1
     }
 
+    /// Whether the app is holding fixes back (in a dead zone).
+    #[must_use]
+    pub fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     /// Whether every drop-off has been reached.
     #[must_use]
     pub fn finished(&self) -> bool {

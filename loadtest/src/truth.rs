@@ -37,8 +37,16 @@ pub struct ArrivalCount {
 /// its real visit; `end_ms` is when the run stopped driving.
 #[must_use]
 pub fn count_arrivals(stops: &[(StopTruth, Vec<i64>)], end_ms: i64) -> ArrivalCount {
+    mistakes(stops, end_ms).0
+}
+
+/// The count, and each stop (by index) that had a false or a missed arrival.
+#[must_use]
+pub fn mistakes(stops: &[(StopTruth, Vec<i64>)], end_ms: i64) -> (ArrivalCount, Vec<usize>) {
     let mut c = ArrivalCount::default();
-    for (truth, events) in stops {
+    let mut wrong = Vec::new();
+    for (n, (truth, events)) in stops.iter().enumerate() {
+        let before = (c.false_arrivals, c.missed_arrivals);
         let during = |t: i64| {
             truth.arrived.is_some_and(|a| {
                 t >= a - VISIT_SLACK_MS && truth.departed.is_none_or(|d| t <= d + VISIT_SLACK_MS)
@@ -54,8 +62,11 @@ pub fn count_arrivals(stops: &[(StopTruth, Vec<i64>)], end_ms: i64) -> ArrivalCo
                 c.missed_arrivals += 1;
             }
         }
+        if (c.false_arrivals, c.missed_arrivals) != before {
+            wrong.push(n);
+        }
     }
-    c
+    (c, wrong)
 }
 
 /// What one patient was shown over time, and when the driver really came.
