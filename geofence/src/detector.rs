@@ -527,6 +527,14 @@ impl Subject {
     pub fn is_stopped(&self) -> bool {
         self.stopped
     }
+
+    /// Forgets the current stop: the subject counts as stopped again only
+    /// once its next fixes show a stop anew (the caller's business at this
+    /// stop is done; standing on is a new stop, driving off is none).
+    pub fn forget_stop(&mut self) {
+        self.motion = Motion::default();
+        self.stopped = false;
+    }
 }
 
 /// The simplest possible detector, for comparison: entered when a fix is

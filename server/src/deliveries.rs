@@ -1159,6 +1159,12 @@ impl TenantState {
                         if let Some(t) = d.arrived_at.take() {
                             self.service.observe(at.0 - t.0);
                         }
+                        // The driver's stop was this delivery's: the next
+                        // door arrives only on a stop of its own.
+                        if let Some(s) = d.driver.as_ref().and_then(|drv| self.drivers.get_mut(drv))
+                        {
+                            s.forget_stop();
+                        }
                     }
                     d.status = to;
                     d.updated_at = at;
