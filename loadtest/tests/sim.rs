@@ -10,8 +10,10 @@ use loadtest::roads::RoadGraph;
 use loadtest::sim::{Fleet, Out, Ping, SimConfig};
 
 fn helsinki() -> RoadGraph {
-    RoadGraph::from_pbf(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data/helsinki-center.osm.pbf"))
-        .unwrap()
+    RoadGraph::from_pbf(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../roads/data/helsinki-center.osm.pbf"),
+    )
+    .unwrap()
 }
 
 const T0: i64 = 1_764_072_000_000;
@@ -45,7 +47,7 @@ fn the_road_graphs_are_real() {
     assert!(g.edge_count() > 1000, "{} edges", g.edge_count());
     assert!(g.total_length_m() > 15_000.0, "{} m", g.total_length_m());
     let k = RoadGraph::from_pbf(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("data/kotka-karhula.osm.pbf"),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../roads/data/kotka-karhula.osm.pbf"),
     )
     .unwrap();
     assert!(k.edge_count() > 500);
