@@ -312,22 +312,6 @@ impl RoadGraph {
     /// travel time; `None` if unreachable.
     #[must_use]
     pub fn fastest_path(&self, from: u32, to: u32) -> Option<Vec<u32>> {
-        #[derive(PartialEq)]
-        struct Item(f64, u32);
-        impl Eq for Item {}
-        impl PartialOrd for Item {
-            fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-                Some(self.cmp(other))
-            }
-        }
-        impl Ord for Item {
-            fn cmp(&self, other: &Self) -> Ordering {
-                other
-                    .0
-                    .total_cmp(&self.0)
-                    .then_with(|| self.1.cmp(&other.1))
-            }
-        }
         let n = self.nodes.len();
         let mut best = vec![f64::INFINITY; n];
         let mut prev = vec![u32::MAX; n];
@@ -392,5 +376,24 @@ impl RoadGraph {
             }
         }
         best
+    }
+}
+
+/// A node in a search queue: smallest cost first (`BinaryHeap` is a
+/// max-heap, so the order is reversed), ties by node.
+#[derive(PartialEq)]
+pub(crate) struct Item(pub f64, pub u32);
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Item {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .0
+            .total_cmp(&self.0)
+            .then_with(|| self.1.cmp(&other.1))
     }
 }

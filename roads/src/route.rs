@@ -7,12 +7,11 @@
 //! the plan near where the driver was, which costs a few segment
 //! projections rather than a search.
 
-use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use rustc_hash::FxHashMap;
 
-use crate::graph::{RoadGraph, distance_m};
+use crate::graph::{Item, RoadGraph, distance_m};
 use crate::snap::{Projection, Snap, Snapper, project};
 
 /// How far from a road a position may be and still be snapped to it, metres.
@@ -153,23 +152,6 @@ impl Leg {
         self.points.push(p);
         self.secs.push(secs);
         self.metres.push(metres);
-    }
-}
-
-#[derive(PartialEq)]
-struct Item(f64, u32);
-impl Eq for Item {}
-impl PartialOrd for Item {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Item {
-    fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .0
-            .total_cmp(&self.0)
-            .then_with(|| self.1.cmp(&other.1))
     }
 }
 

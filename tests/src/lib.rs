@@ -514,3 +514,18 @@ pub async fn driver_connect(server: &Server, token: &str) -> Ws {
 pub fn code(c: CloseCode) -> u16 {
     u16::from(c)
 }
+
+/// The tracking token at the end of a created delivery's `tracking_url`.
+///
+/// # Panics
+/// When the answer has no tracking URL.
+#[must_use]
+pub fn tracking_token(created: &Value) -> String {
+    created["tracking_url"]
+        .as_str()
+        .expect("a tracking_url")
+        .rsplit('/')
+        .next()
+        .expect("a token")
+        .to_owned()
+}

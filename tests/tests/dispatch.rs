@@ -184,13 +184,7 @@ async fn dispatchers_see_the_window_patients_see_and_the_estimate_behind_it() {
     let (_, created) = s
         .post("/v1/deliveries", &disp, &delivery_body("rx-1"))
         .await;
-    let token = created["tracking_url"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let token = tracking_token(&created);
     s.put("/v1/drivers/d1/route", &disp, &json!({"stops":["rx-1"]}))
         .await;
     s.post(

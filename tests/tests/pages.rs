@@ -21,13 +21,7 @@ async fn the_patient_page_shows_and_follows_the_status() {
     let (_, created) = s
         .post("/v1/deliveries", &disp, &delivery_body("rx-1"))
         .await;
-    let token = created["tracking_url"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let token = tracking_token(&created);
     let page = s.url(&format!("/t/{token}"));
 
     // The page's own headers: strict CSP, no referrer, no caching, no indexing.

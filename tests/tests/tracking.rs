@@ -24,16 +24,6 @@ fn noise(i: u32, salt: u32) -> f64 {
     (f64::from((i * 7919 + salt * 104_729) % 11) - 5.0) * 8e-6
 }
 
-fn token_of(created: &Value) -> String {
-    created["tracking_url"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 /// Every patient message: only the allowed keys, nothing that looks like a
 /// coordinate or another party.
 fn assert_minimal(msg: &Value) {
@@ -102,7 +92,7 @@ async fn a_patient_follows_the_whole_delivery() {
     body["pickup"] = json!({"lat": PICKUP.0, "lng": PICKUP.1, "radius_m": 60});
     body["dropoff"] = json!({"lat": DROPOFF.0, "lng": DROPOFF.1, "radius_m": 40});
     let (_, created) = s.post("/v1/deliveries", &disp, &body).await;
-    let token = token_of(&created);
+    let token = tracking_token(&created);
     s.post("/v1/deliveries", &disp, &delivery_body("rx-2"))
         .await;
 
@@ -349,7 +339,7 @@ async fn lookups_are_rate_limited_and_slow_patients_are_closed() {
     let (_, created) = s
         .post("/v1/deliveries", &disp, &delivery_body("rx-1"))
         .await;
-    let token = token_of(&created);
+    let token = tracking_token(&created);
     // A patient who reads, and one who never reads again.
     let mut reader = ws_connect(&s, &format!("/v1/track/{token}/ws"), "", Present::None).await;
     let mut stalled = ws_connect(&s, &format!("/v1/track/{token}/ws"), "", Present::None).await;
@@ -418,7 +408,7 @@ async fn links_expire_after_the_grace_period() {
     let (_, created) = s
         .post("/v1/deliveries", &disp, &delivery_body("rx-1"))
         .await;
-    let token = token_of(&created);
+    let token = tracking_token(&created);
     s.post(
         "/v1/deliveries/rx-1/status",
         &disp,
@@ -442,7 +432,7 @@ async fn oversized_messages_close_subscriber_sockets_with_1009() {
     let (_, created) = s
         .post("/v1/deliveries", &disp, &delivery_body("rx-1"))
         .await;
-    let token = token_of(&created);
+    let token = tracking_token(&created);
     let mut patient = ws_connect(&s, &format!("/v1/track/{token}/ws"), "", Present::None).await;
     patient_next(&mut patient).await;
     let _ = patient
