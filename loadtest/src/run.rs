@@ -185,6 +185,21 @@ const STATUS_ORDER: [&str; 7] = [
     "cancelled",
 ];
 
+/// The furthest status a patient has seen, after one more: statuses only
+/// move forward, except that a driver who leaves without handing over
+/// (arrived, then en route again) is on its way once more.
+fn next_status_rank(last: usize, rank: usize, out_of_order: &mut u64) -> usize {
+    const EN_ROUTE: usize = 1;
+    const ARRIVED: usize = 3;
+    if last == ARRIVED && rank == EN_ROUTE {
+        return rank;
+    }
+    if rank < last {
+        *out_of_order += 1;
+    }
+    last.max(rank)
+}
+
 fn lock(s: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     s.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -696,10 +711,7 @@ async fn read_patient(mut ws: Ws, n: usize, driver: usize, shared: Arc<Mutex<Sha
             .iter()
             .position(|x| v["status"] == *x)
             .unwrap_or(0);
-        if rank < last {
-            s.out_of_order += 1;
-        }
-        last = last.max(rank);
+        last = next_status_rank(last, rank, &mut s.out_of_order);
         // The first message is the snapshot as it stood; later ones are
         // changes, timed from the ping that caused them and from when the
         // server made them.
@@ -1044,6 +1056,22 @@ pub async fn create_delivery(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statuses_move_forward_but_a_departure_without_hand_over_is_on_the_way_again() {
+        let mut bad = 0;
+        let mut last = 0;
+        // scheduled, en_route, approaching, arrived, en_route (left), approaching, arrived, delivered
+        for rank in [0, 1, 2, 3, 1, 2, 3, 4] {
+            last = next_status_rank(last, rank, &mut bad);
+        }
+        assert_eq!((last, bad), (4, 0));
+        // Delivered, then en route: a message out of order.
+        next_status_rank(4, 1, &mut bad);
+        // Approaching, then scheduled: too.
+        next_status_rank(2, 0, &mut bad);
+        assert_eq!(bad, 2);
+    }
 
     #[test]
     fn the_ping_interval_comes_from_a_sane_config_message() {
