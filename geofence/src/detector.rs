@@ -16,8 +16,9 @@
 //! A fence whose config has `require_stop` (a delivery's stop) is entered
 //! only when the subject has **stopped** there, not when it drives through:
 //! inside, confirmed as above, and either slow (reported speeds below
-//! `TrackConfig::stop_speed_mps` for `stop_ms`) or still (every fix for
-//! `still_ms` within `still_radius_m` of where that stillness began). A
+//! `TrackConfig::stop_speed_mps` for `stop_ms`) or, for a device that
+//! reports no speed, still (every fix for `still_ms` within
+//! `still_radius_m` of the mean of the fixes since it stood). A
 //! subject inside such a fence that has not stopped is *passing*: leaving
 //! again produces no event at all. See [`Motion`].
 //!

@@ -55,7 +55,11 @@ pub fn mistakes(stops: &[(StopTruth, Vec<i64>)], end_ms: i64) -> (ArrivalCount, 
         let good = events.iter().filter(|&&t| during(t)).count() as u64;
         c.true_arrivals += good.min(1);
         c.false_arrivals += events.len() as u64 - good.min(1);
-        let whole_visit = truth.departed.is_some_and(|d| d <= end_ms - SEEN_BY_MS);
+        // A visit of no length (drivers that start loaded at the pharmacy)
+        // is no stop to arrive at.
+        let whole_visit = truth.departed.is_some_and(|d| {
+            d <= end_ms - SEEN_BY_MS && truth.arrived.is_some_and(|a| d - a >= 1_000)
+        });
         if whole_visit {
             c.visits += 1;
             if good == 0 {

@@ -2,10 +2,10 @@
 //! stops, and the driver's progress along it between recomputations.
 //!
 //! A plan is computed (A* per leg, over travel times from a [`SpeedTable`])
-//! when the stops change, when the driver leaves the planned path, or when
-//! it is older than the caller wants; in between, each fix is projected onto
-//! the plan near where the driver was, which costs a few segment
-//! projections rather than a search.
+//! when the stops change or the driver leaves the planned path, and timed
+//! again with the current speeds ([`Plan::retime`]) as often as the caller
+//! wants; in between, each fix is projected onto the plan near where the
+//! driver was, which costs a few segment projections rather than a search.
 
 use std::collections::BinaryHeap;
 
@@ -18,6 +18,9 @@ use crate::snap::{Projection, Snap, Snapper, project};
 pub const SNAP_MAX_M: f64 = 250.0;
 /// Segments ahead of the driver's last progress searched on each fix.
 const LOOKAHEAD_SEGMENTS: usize = 40;
+/// A fix goes on the earliest segment ahead that is at most this much
+/// farther than the nearest one, metres (GPS noise, a street driven twice).
+const PREFER_EARLIER_M: f64 = 10.0;
 
 /// The road network: the graph and its snapping grid, built once and
 /// shared read-only.
@@ -25,7 +28,8 @@ const LOOKAHEAD_SEGMENTS: usize = 40;
 pub struct Network {
     graph: RoadGraph,
     snapper: Snapper,
-    /// The fastest speed anywhere, for A*'s admissible estimate, m/s.
+    /// The fastest speed anywhere, for A*'s admissible estimate, m/s: no
+    /// speed a `SpeedTable` plans with exceeds it (class × 1.5 at most).
     top_speed: f64,
 }
 
@@ -165,7 +169,7 @@ impl Network {
             .flatten()
             .map(|e| e.speed_mps)
             .fold(1.0, f64::max)
-            * 1.3
+            * 1.5
             + 2.0;
         Self {
             graph,
@@ -404,11 +408,12 @@ impl Plan {
         speeds: &SpeedTable,
         now_ms: i64,
     ) -> Option<Self> {
+        // Every point on the map first: a stop off it fails before any search.
         let mut at = net.snap(from)?;
+        let snapped: Vec<Snap> = stops.iter().map(|&s| net.snap(s)).collect::<Option<_>>()?;
         let mut heading = heading;
         let mut legs = Vec::with_capacity(stops.len());
-        for &s in stops {
-            let to = net.snap(s)?;
+        for to in snapped {
             legs.push(net.leg(&at, heading, &to, speeds)?);
             at = to;
             heading = None;
@@ -454,7 +459,11 @@ impl Plan {
     pub fn advance(&mut self, net: &Network, p: (f64, f64), ts_ms: i64, max_off_m: f64) -> Advance {
         let projection = net.projection();
         let xy = projection.xy(p);
-        let mut best: Option<(f64, Progress)> = None;
+        // Every candidate ahead, in path order; the earliest one within
+        // `PREFER_EARLIER_M` of the nearest wins, so a route that doubles
+        // back (a dead end, out to the pharmacy and back) is not skipped
+        // ahead onto its return.
+        let mut candidates: Vec<(f64, Progress)> = Vec::with_capacity(LOOKAHEAD_SEGMENTS);
         let mut seen = 0;
         let start = self.progress;
         'legs: for li in start.leg..self.legs.len() {
@@ -470,28 +479,30 @@ impl Plan {
                     projection.xy(leg.points[si]),
                     projection.xy(leg.points[si + 1]),
                 );
-                if best.is_none_or(|(bd, _)| d < bd) {
-                    best = Some((
-                        d,
-                        Progress {
-                            leg: li,
-                            segment: si,
-                            frac: t,
-                        },
-                    ));
-                }
+                candidates.push((
+                    d,
+                    Progress {
+                        leg: li,
+                        segment: si,
+                        frac: t,
+                    },
+                ));
                 seen += 1;
                 if seen >= LOOKAHEAD_SEGMENTS {
                     break 'legs;
                 }
             }
         }
-        let Some((d, prog)) = best else {
-            return Advance::Off;
-        };
-        if d > max_off_m {
+        let nearest = candidates.iter().map(|c| c.0).fold(f64::INFINITY, f64::min);
+        if nearest > max_off_m {
             return Advance::Off;
         }
+        let Some(&(_, prog)) = candidates
+            .iter()
+            .find(|c| c.0 <= nearest + PREFER_EARLIER_M)
+        else {
+            return Advance::Off;
+        };
         let metres = self.metres_at(prog);
         // Progress never goes backwards (noise around a point does not undo it).
         if metres >= self.progress_m {

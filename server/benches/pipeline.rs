@@ -102,16 +102,21 @@ fn bench(c: &mut Criterion) {
     let mut plan = fresh();
     let path: Vec<(f64, f64)> = plan.legs.iter().flat_map(|l| l.points.clone()).collect();
     let mut k = 0usize;
+    // Where the driver is along the plan's path: back to its start with
+    // every fresh plan, so that each fix lies on the plan as a driver's would.
+    let mut along = 0usize;
     g.bench_function("per_ping_geofence_detector_road_eta_coarsen_encode", |b| {
         b.iter(|| {
             t += 1000;
             k += 1;
-            if k.is_multiple_of(180) {
+            along += 1;
+            if k.is_multiple_of(180) || along >= path.len() {
                 plan = fresh();
+                along = 0;
             } else if k.is_multiple_of(60) {
                 plan.retime(&speeds, t);
             }
-            let (lat, lng) = path[k % path.len()];
+            let (lat, lng) = path[along];
             let fix = geofence::Fix {
                 ts_ms: t,
                 point: geofence::Point::new(lat, lng).expect("in range"),
@@ -126,7 +131,11 @@ fn bench(c: &mut Criterion) {
                 |_| ProximityConfig::stop(),
                 &mut out,
             );
-            let _ = plan.advance(&net, (lat, lng), t, 50.0);
+            // Off the plan: searched again, as the server does.
+            if plan.advance(&net, (lat, lng), t, 50.0) == roads::Advance::Off {
+                plan = fresh();
+                along = 0;
+            }
             let etas = eta::schedule(UnixMillis(t), &plan.remaining_s(), 60_000, 90_000);
             let spread = calibration.spread(etas[2].0 - t);
             let window = eta::coarse_window(etas[2], UnixMillis(t), spread, &cfg);

@@ -171,6 +171,19 @@ impl App {
         tenant.record_locations(&committed.events, &locations);
         self.refresh_active();
         crate::dispatch::publish_events(self, tenant, &committed.events);
+        // Windows and estimates that moved with them (not already told with
+        // an event of their delivery).
+        let told: std::collections::HashSet<&str> = committed
+            .events
+            .iter()
+            .filter_map(|e| e.delivery_id.as_deref())
+            .collect();
+        let moved: Vec<crate::types::DeliveryId> = committed
+            .changed
+            .into_iter()
+            .filter(|id| !told.contains(id.as_str()))
+            .collect();
+        crate::dispatch::publish_deliveries(self, tenant, &moved);
         Ok((committed.events, committed.value))
     }
 

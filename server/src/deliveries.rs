@@ -396,7 +396,15 @@ struct DriverLive {
     plan: Option<(roads::Plan, Vec<LatLng>)>,
     /// Fixes in a row off the planned path.
     off_route: u8,
+    /// When a plan was last searched for (server time, ms), and the
+    /// targets of the last search that found no plan.
+    searched_at: i64,
+    unplannable: Option<Vec<LatLng>>,
 }
+
+/// A driver's plan is searched for at most this often, ms, unless its
+/// stops change.
+const SEARCH_BACKOFF_MS: i64 = 20_000;
 
 /// Which end of a delivery a fence is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -483,6 +491,9 @@ pub struct Committed<T> {
     pub events: Vec<Event>,
     pub pending: Vec<Pending>,
     pub value: T,
+    /// Deliveries whose patient window or estimate moved in this command,
+    /// for dispatchers once its events are durable.
+    pub changed: Vec<DeliveryId>,
 }
 
 /// A proximity event of `id`, decided by `fix`.
@@ -666,6 +677,7 @@ impl Tenant {
             events,
             pending,
             value,
+            changed: std::mem::take(&mut st.view_changes),
         })
     }
 
@@ -944,6 +956,7 @@ impl Tenant {
             events: committed.events,
             pending: committed.pending,
             value,
+            changed: committed.changed,
         }))
     }
 
@@ -1011,12 +1024,6 @@ impl Tenant {
         std::mem::take(&mut st.view_changes)
     }
 
-    /// The deliveries whose patient view or estimate moved since last
-    /// asked (dispatchers are told of them once what caused it is durable).
-    pub fn take_view_changes(&self) -> Vec<DeliveryId> {
-        std::mem::take(&mut self.lock().view_changes)
-    }
-
     /// Records an export in the log (HIPAA accounting of disclosures).
     pub fn log_exported(
         &self,
@@ -1062,10 +1069,14 @@ fn drive_seconds(
     now: UnixMillis,
 ) -> Vec<f64> {
     if let Some((net, speeds)) = roads {
-        let stale = live
+        let changed = live
             .plan
             .as_ref()
             .is_none_or(|(_, stops)| stops.as_slice() != targets);
+        // Stops that found no plan are tried again only after a while.
+        let hopeless = live.unplannable.as_deref() == Some(targets)
+            && now.0 - live.searched_at < SEARCH_BACKOFF_MS;
+        let stale = changed && !hopeless;
         if let Some((plan, _)) = live.plan.as_mut().filter(|_| !stale)
             && now.0 - plan.made_at_ms > cfg.replan_ms
         {
@@ -1083,6 +1094,8 @@ fn drive_seconds(
             )
             .map(|p| (p, targets.to_vec()));
             live.off_route = 0;
+            live.searched_at = now.0;
+            live.unplannable = live.plan.is_none().then(|| targets.to_vec());
         }
         if let Some((plan, _)) = &live.plan {
             return plan.remaining_s();
@@ -1151,6 +1164,11 @@ impl TenantState {
                 let Some(d) = self.deliveries.get_mut(&id) else {
                     return;
                 };
+                // A hand-over (at the pharmacy or the door) ends the
+                // driver's stop: what comes next arrives on a stop of its own.
+                if let Some(s) = d.driver.as_ref().and_then(|drv| self.drivers.get_mut(drv)) {
+                    s.forget_stop();
+                }
                 if let Ok(to) = change.apply_to(d.status) {
                     if to.is_final() {
                         self.active = self.active.saturating_sub(1);
@@ -1158,12 +1176,6 @@ impl TenantState {
                         d.predictions = Vec::new();
                         if let Some(t) = d.arrived_at.take() {
                             self.service.observe(at.0 - t.0);
-                        }
-                        // The driver's stop was this delivery's: the next
-                        // door arrives only on a stop of its own.
-                        if let Some(s) = d.driver.as_ref().and_then(|drv| self.drivers.get_mut(drv))
-                        {
-                            s.forget_stop();
                         }
                     }
                     d.status = to;
@@ -1415,7 +1427,7 @@ impl TenantState {
                         .take_while(|r| *r != id)
                         .filter_map(|r| self.deliveries.get(r))
                         .any(|e| {
-                            !e.status.is_final()
+                            (e.status.is_moving() || e.status == Status::Arrived)
                                 && e.fences.is_some_and(|(_, f)| detector.is_inside(f))
                         })
             }
@@ -1539,34 +1551,41 @@ impl TenantState {
         let Some(route) = self.routes.get(driver) else {
             return;
         };
-        // The pharmacy first, while a delivery on the route waits there.
-        let pickup = route
-            .iter()
-            .filter_map(|id| self.deliveries.get(id))
-            .find(|d| d.status == Status::Scheduled)
+        // The pharmacy before the first delivery on the route that waits
+        // there (orders already on board come before it).
+        let waiting = route.iter().position(|id| {
+            self.deliveries
+                .get(id)
+                .is_some_and(|d| d.status == Status::Scheduled)
+        });
+        let pickup = waiting
+            .and_then(|i| self.deliveries.get(&route[i]))
             .and_then(|d| d.pickup.target());
-        let targets: Option<Vec<LatLng>> = pickup
-            .into_iter()
-            .map(Some)
-            .chain(
-                route
-                    .iter()
-                    .map(|id| self.deliveries.get(id).and_then(Delivery::target)),
-            )
+        let at_pickup = waiting.filter(|_| pickup.is_some());
+        let mut targets: Option<Vec<LatLng>> = route
+            .iter()
+            .map(|id| self.deliveries.get(id).and_then(Delivery::target))
             .collect();
+        if let (Some(t), Some(i), Some(p)) = (targets.as_mut(), at_pickup, pickup) {
+            t.insert(i, p);
+        }
         let service = self.service.ms();
         // What is left of the service at the stop the driver is at.
         let first_service = route
             .first()
             .and_then(|id| self.deliveries.get(id))
             .and_then(|d| d.arrived_at)
-            .filter(|_| pickup.is_none())
+            .filter(|_| at_pickup != Some(0))
             .map_or(service, |t| (service - (now.0 - t.0)).max(0));
         let etas = match (self.driver_live.get_mut(driver), targets) {
             (Some(live), Some(targets)) if !targets.is_empty() => {
                 let drive = drive_seconds(live, &targets, &mut self.roads, &self.eta_cfg, now);
-                let all = eta::schedule(now, &drive, first_service, service);
-                all[usize::from(pickup.is_some()).min(all.len())..].to_vec()
+                let mut all = eta::schedule(now, &drive, first_service, service);
+                // The pharmacy's own estimate is nobody's.
+                if let Some(i) = at_pickup.filter(|i| *i < all.len()) {
+                    all.remove(i);
+                }
+                all
             }
             _ => Vec::new(),
         };
@@ -1586,7 +1605,15 @@ impl TenantState {
                         .predictions
                         .last()
                         .is_none_or(|p| now.0 - p.0 >= PREDICTION_EVERY_MS);
-                    if due && d.predictions.len() < MAX_PREDICTIONS {
+                    if due {
+                        if d.predictions.len() >= MAX_PREDICTIONS {
+                            // Thinned, not refused: every horizon keeps some.
+                            let mut i = 0;
+                            d.predictions.retain(|_| {
+                                i += 1;
+                                i % 2 == 0
+                            });
+                        }
                         d.predictions.push((now.0, e.0));
                     }
                 }
@@ -1658,11 +1685,10 @@ impl TenantState {
                 if d.status.is_moving() {
                     d.status = Status::Arrived;
                     d.arrived_at = Some(at);
-                    // How far off each earlier estimate was.
+                    // How far off its earlier estimates were.
                     let actual = device_ts.unwrap_or(at.0).min(at.0);
-                    for (made, estimate) in d.predictions.drain(..) {
-                        self.calibration.record(estimate - made, actual - estimate);
-                    }
+                    self.calibration
+                        .record_delivery(&std::mem::take(&mut d.predictions), actual);
                 }
             }
             _ => {
@@ -1708,6 +1734,8 @@ impl TenantState {
                     heading: None,
                     plan: None,
                     off_route: 0,
+                    searched_at: i64::MIN,
+                    unplannable: None,
                 },
             );
         }
@@ -1727,6 +1755,10 @@ impl TenantState {
             if f.heading.is_some() {
                 live.heading = f.heading;
             }
+            // A fix too vague to place on a street tells nothing of the plan.
+            if f.acc.is_some_and(|a| a.is_nan() || a > cfg.off_route_m) {
+                continue;
+            }
             let (Some((net, speeds)), Some((plan, _))) = (self.roads.as_mut(), live.plan.as_mut())
             else {
                 continue;
@@ -1743,8 +1775,10 @@ impl TenantState {
                 }
                 roads::Advance::Off => {
                     live.off_route = live.off_route.saturating_add(1);
-                    // Two fixes in a row off the path: plan again from here.
-                    if live.off_route >= 2 {
+                    // Two fixes in a row off the path: plan again from here
+                    // (not more often than every `SEARCH_BACKOFF_MS`: a
+                    // driver waiting in a yard off the street stays "off").
+                    if live.off_route >= 2 && now.0 - live.searched_at >= SEARCH_BACKOFF_MS {
                         live.plan = None;
                     }
                 }

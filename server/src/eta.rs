@@ -43,7 +43,7 @@ pub struct EtaConfig {
     /// Share of road-class speeds drivers hold before the fleet has taught
     /// the road speeds (with a road extract).
     pub road_speed_factor: f64,
-    /// A road plan older than this is recomputed (to use what was learned).
+    /// A road plan older than this is timed again with the learned speeds.
     pub replan_ms: i64,
     /// A driver farther than this from its planned path has left it, metres.
     pub off_route_m: f64,
@@ -221,7 +221,7 @@ impl ServiceModel {
 const BUCKET_MINUTES: [i64; 8] = [2, 5, 10, 15, 20, 30, 45, i64::MAX];
 /// Recent errors kept per bucket.
 const ERRORS_PER_BUCKET: usize = 500;
-/// Errors a bucket needs before its percentiles replace the prior.
+/// Deliveries a bucket needs before its percentiles replace the prior.
 const MIN_ERRORS: usize = 40;
 
 /// Observed ETA errors (actual arrival minus estimate) by how far ahead the
@@ -265,6 +265,21 @@ impl Calibration {
         }
         b.errors.push_back(error_ms);
         b.dirty = true;
+    }
+
+    /// Records a delivery's arrival against its earlier estimates (made
+    /// at, estimate): one error per horizon bucket, the estimate made
+    /// earliest in it, so that one long delivery's many estimates, which
+    /// err together, count once.
+    pub fn record_delivery(&mut self, predictions: &[(i64, i64)], actual: i64) {
+        let mut seen = [false; BUCKET_MINUTES.len()];
+        for &(made, estimate) in predictions {
+            let b = bucket_of(estimate - made);
+            if !seen[b] {
+                seen[b] = true;
+                self.record(estimate - made, actual - estimate);
+            }
+        }
     }
 
     /// Errors recorded per bucket.
@@ -433,6 +448,11 @@ mod tests {
         // Another horizon keeps its prior.
         assert_eq!(cal.spread(60_000), prior_spread(60_000));
         assert_eq!(cal.counts()[3], 200);
+        // One delivery's estimates count once per horizon.
+        let mut one = Calibration::default();
+        let estimates: Vec<(i64, i64)> = (0..40).map(|i| (i * 30_000, 1_800_000)).collect();
+        one.record_delivery(&estimates, 1_860_000);
+        assert_eq!(one.counts().iter().sum::<usize>(), 4, "{:?}", one.counts());
     }
 
     #[test]

@@ -447,7 +447,11 @@ impl Session<'_> {
         {
             let durable = match tenant.observe(&self.app.store, &self.principal, &applied.accepted)
             {
-                Ok(committed) if committed.events.is_empty() => Ok(()),
+                // No event: windows and estimates that moved go out at once.
+                Ok(committed) if committed.events.is_empty() => {
+                    crate::dispatch::publish_deliveries(self.app, tenant, &committed.changed);
+                    Ok(())
+                }
                 Ok(committed) => self
                     .app
                     .durable(tenant, committed)
@@ -460,9 +464,6 @@ impl Session<'_> {
                 tracing::error!(error = %e, "proximity events could not be made durable; closing the driver socket");
                 return Next::Close(close::GOING_AWAY, "delivery log unavailable");
             }
-            // Windows and estimates that moved, once what caused them is durable.
-            let moved = tenant.take_view_changes();
-            crate::dispatch::publish_deliveries(self.app, tenant, &moved);
         }
         let m = &self.app.metrics;
         m.pings_accepted.inc_by(applied.accepted.len() as u64);

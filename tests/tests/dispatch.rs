@@ -220,3 +220,55 @@ async fn dispatchers_see_the_window_patients_see_and_the_estimate_behind_it() {
     );
     assert!(from <= at && at <= to, "{told}");
 }
+
+#[tokio::test]
+async fn an_order_on_board_is_not_routed_through_the_pharmacy_for_a_later_one() {
+    let s = Server::start();
+    let disp = staff("acme", "dispatcher", "alice");
+    // The pharmacy is 3 km south; rx-a is on board, rx-b still waits there.
+    let mut a = delivery_body("rx-a");
+    let mut b = delivery_body("rx-b");
+    for body in [&mut a, &mut b] {
+        body["pickup"] = json!({"lat": 60.1448, "lng": 24.9414, "radius_m": 60});
+    }
+    s.post("/v1/deliveries", &disp, &a).await;
+    s.post("/v1/deliveries", &disp, &b).await;
+    s.post(
+        "/v1/deliveries/rx-a/status",
+        &disp,
+        &json!({"status":"picked_up"}),
+    )
+    .await;
+    s.put(
+        "/v1/drivers/d1/route",
+        &disp,
+        &json!({"stops":["rx-a", "rx-b"]}),
+    )
+    .await;
+    // The driver is 450 m from rx-a's door, at 10 m/s.
+    let mut d = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
+    let now = now_ms();
+    send_json(
+        &mut d,
+        &json!({"type":"ping","seq":1,"ts":now,"lat":60.1678,"lng":24.9414,"speed":10.0}),
+    )
+    .await;
+    until_ack(&mut d).await;
+    let mut w = ws_connect(&s, "/v1/dispatch/ws", &disp, Present::Subprotocol).await;
+    let Got::Json(snap) = next(&mut w, 10).await else {
+        panic!("no snapshot")
+    };
+    let eta_of = |id: &str| {
+        snap["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .and_then(|d| d["eta_at"].as_i64())
+            .unwrap_or_else(|| panic!("no eta_at for {id}: {snap}"))
+    };
+    // rx-a first, straight there: minutes, not a trip to the pharmacy and back.
+    assert!(eta_of("rx-a") - now < 4 * 60_000, "{snap}");
+    // rx-b after rx-a, then the pharmacy, then its door: well after.
+    assert!(eta_of("rx-b") - eta_of("rx-a") > 10 * 60_000, "{snap}");
+}

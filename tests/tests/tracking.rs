@@ -63,12 +63,12 @@ fn assert_minimal(msg: &Value) {
         assert_eq!(from % 60_000, 0, "windows start on a whole minute: {msg}");
         let minute = now_ms() / 60_000 * 60_000;
         assert!(
-            from % 300_000 == 0 || from >= minute - 60_000,
-            "a start off the 5-minute grid is the current minute: {msg}"
-        );
-        assert!(
             from >= minute - 60_000,
             "windows never start in the past: {msg}"
+        );
+        assert!(
+            from % 300_000 == 0 || from <= minute + 60_000,
+            "a start off the 5-minute grid is the current minute: {msg}"
         );
     }
 }
