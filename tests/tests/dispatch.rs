@@ -226,13 +226,13 @@ async fn an_order_on_board_is_not_routed_through_the_pharmacy_for_a_later_one() 
     let s = Server::start();
     let disp = staff("acme", "dispatcher", "alice");
     // The pharmacy is 3 km south; rx-a is on board, rx-b still waits there.
-    let mut a = delivery_body("rx-a");
-    let mut b = delivery_body("rx-b");
-    for body in [&mut a, &mut b] {
+    let mut on_board = delivery_body("rx-a");
+    let mut waiting = delivery_body("rx-b");
+    for body in [&mut on_board, &mut waiting] {
         body["pickup"] = json!({"lat": 60.1448, "lng": 24.9414, "radius_m": 60});
     }
-    s.post("/v1/deliveries", &disp, &a).await;
-    s.post("/v1/deliveries", &disp, &b).await;
+    s.post("/v1/deliveries", &disp, &on_board).await;
+    s.post("/v1/deliveries", &disp, &waiting).await;
     s.post(
         "/v1/deliveries/rx-a/status",
         &disp,
@@ -246,14 +246,14 @@ async fn an_order_on_board_is_not_routed_through_the_pharmacy_for_a_later_one() 
     )
     .await;
     // The driver is 450 m from rx-a's door, at 10 m/s.
-    let mut d = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
+    let mut app = driver_connect(&s, &driver("acme", "d1", "phone-1")).await;
     let now = now_ms();
     send_json(
-        &mut d,
+        &mut app,
         &json!({"type":"ping","seq":1,"ts":now,"lat":60.1678,"lng":24.9414,"speed":10.0}),
     )
     .await;
-    until_ack(&mut d).await;
+    until_ack(&mut app).await;
     let mut w = ws_connect(&s, "/v1/dispatch/ws", &disp, Present::Subprotocol).await;
     let Got::Json(snap) = next(&mut w, 10).await else {
         panic!("no snapshot")
