@@ -471,6 +471,8 @@ pub struct TenantState {
     display_name: Option<Arc<str>>,
     /// Deliveries whose patient view or estimate moved since last taken.
     view_changes: Vec<DeliveryId>,
+    /// Road plan searches this second.
+    searches: SearchBudget,
 }
 
 /// A tenant: its id and its state behind one lock.
@@ -647,6 +649,7 @@ impl Tenant {
                 service: ServiceModel::new(EtaConfig::default().service_ms),
                 display_name: None,
                 view_changes: Vec::new(),
+                searches: SearchBudget::default(),
             }),
         }
     }
@@ -1057,47 +1060,78 @@ fn require(who: &Principal, roles: &[Role]) -> Result<(), DomainError> {
     }
 }
 
+/// Plan searches a tenant may run per second (each takes 0.1–1 ms under
+/// the tenant's lock): a fleet reconnecting at once, or a burst of route
+/// changes, gets straight-line estimates for a few seconds rather than a
+/// stalled tenant.
+const SEARCHES_PER_SECOND: u32 = 100;
+
+/// The searches of the current second.
+#[derive(Clone, Copy, Debug, Default)]
+struct SearchBudget {
+    second: i64,
+    used: u32,
+}
+
+impl SearchBudget {
+    fn take(&mut self, now: UnixMillis) -> bool {
+        let second = now.0.div_euclid(1000);
+        if second != self.second {
+            *self = Self { second, used: 0 };
+        }
+        self.used < SEARCHES_PER_SECOND && {
+            self.used += 1;
+            true
+        }
+    }
+}
+
 /// Seconds of driving from the driver to each target: along its road plan
 /// (searched again when the targets change or after the driver left it,
-/// timed again with the learned speeds when older than `replan_ms`), else
-/// by the straight line.
+/// within the tenant's search budget; timed again with the learned speeds
+/// when older than `replan_ms`), else by the straight line.
 fn drive_seconds(
     live: &mut DriverLive,
     targets: &[LatLng],
     roads: &mut Option<(Arc<roads::Network>, roads::SpeedTable)>,
+    budget: &mut SearchBudget,
     cfg: &EtaConfig,
     now: UnixMillis,
 ) -> Vec<f64> {
     if let Some((net, speeds)) = roads {
-        let changed = live
+        let current = live
             .plan
             .as_ref()
-            .is_none_or(|(_, stops)| stops.as_slice() != targets);
-        // Stops that found no plan are tried again only after a while.
-        let hopeless = live.unplannable.as_deref() == Some(targets)
-            && now.0 - live.searched_at < SEARCH_BACKOFF_MS;
-        let stale = changed && !hopeless;
-        if let Some((plan, _)) = live.plan.as_mut().filter(|_| !stale)
-            && now.0 - plan.made_at_ms > cfg.replan_ms
+            .is_some_and(|(_, stops)| stops.as_slice() == targets);
+        if current {
+            if let Some((plan, _)) = live.plan.as_mut()
+                && now.0 - plan.made_at_ms > cfg.replan_ms
+            {
+                plan.retime(speeds, now.0);
+            }
+        } else {
+            // Stops that found no plan are tried again only after a while.
+            let hopeless = live.unplannable.as_deref() == Some(targets)
+                && now.0 - live.searched_at < SEARCH_BACKOFF_MS;
+            if !hopeless && budget.take(now) {
+                let points: Vec<(f64, f64)> = targets.iter().map(|t| (t.lat, t.lng)).collect();
+                live.plan = roads::Plan::new(
+                    net,
+                    (live.pos.lat, live.pos.lng),
+                    live.heading,
+                    &points,
+                    speeds,
+                    now.0,
+                )
+                .map(|p| (p, targets.to_vec()));
+                live.off_route = 0;
+                live.searched_at = now.0;
+                live.unplannable = live.plan.is_none().then(|| targets.to_vec());
+            }
+        }
+        if let Some((plan, stops)) = &live.plan
+            && stops.as_slice() == targets
         {
-            plan.retime(speeds, now.0);
-        }
-        if stale {
-            let points: Vec<(f64, f64)> = targets.iter().map(|t| (t.lat, t.lng)).collect();
-            live.plan = roads::Plan::new(
-                net,
-                (live.pos.lat, live.pos.lng),
-                live.heading,
-                &points,
-                speeds,
-                now.0,
-            )
-            .map(|p| (p, targets.to_vec()));
-            live.off_route = 0;
-            live.searched_at = now.0;
-            live.unplannable = live.plan.is_none().then(|| targets.to_vec());
-        }
-        if let Some((plan, _)) = &live.plan {
             return plan.remaining_s();
         }
     }
@@ -1579,7 +1613,14 @@ impl TenantState {
             .map_or(service, |t| (service - (now.0 - t.0)).max(0));
         let etas = match (self.driver_live.get_mut(driver), targets) {
             (Some(live), Some(targets)) if !targets.is_empty() => {
-                let drive = drive_seconds(live, &targets, &mut self.roads, &self.eta_cfg, now);
+                let drive = drive_seconds(
+                    live,
+                    &targets,
+                    &mut self.roads,
+                    &mut self.searches,
+                    &self.eta_cfg,
+                    now,
+                );
                 let mut all = eta::schedule(now, &drive, first_service, service);
                 // The pharmacy's own estimate is nobody's.
                 if let Some(i) = at_pickup.filter(|i| *i < all.len()) {
@@ -1884,6 +1925,16 @@ impl TenantState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_searches_are_budgeted_per_second() {
+        let mut b = SearchBudget::default();
+        let t = UnixMillis(1_764_072_000_000);
+        let granted = (0..250).filter(|_| b.take(t)).count();
+        assert_eq!(granted, SEARCHES_PER_SECOND as usize);
+        assert!(!b.take(UnixMillis(t.0 + 999)));
+        assert!(b.take(UnixMillis(t.0 + 1000)), "a new second, a new budget");
+    }
 
     #[test]
     fn the_status_machine_allows_only_forward_moves() {
