@@ -9,10 +9,52 @@
 
 use std::collections::BinaryHeap;
 
-use rustc_hash::FxHashMap;
+use std::cell::RefCell;
 
 use crate::graph::{Item, RoadGraph, distance_m};
 use crate::snap::{Projection, Snap, Snapper, project};
+
+/// Search labels by node (cost, previous node, edge used), reused across
+/// searches on one thread: a generation stamp marks this search's, so a
+/// search touches only the nodes it reaches (no map, no clearing of the
+/// whole graph).
+#[derive(Debug, Default)]
+struct Labels {
+    generation: u32,
+    stamp: Vec<u32>,
+    label: Vec<(f64, u32, u32)>,
+}
+
+impl Labels {
+    fn start(&mut self, nodes: usize) {
+        if self.stamp.len() < nodes {
+            self.stamp.resize(nodes, 0);
+            self.label.resize(nodes, (0.0, 0, 0));
+        }
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.stamp.fill(0);
+            self.generation = 1;
+        }
+    }
+
+    fn get(&self, v: u32) -> Option<(f64, u32, u32)> {
+        let i = v as usize;
+        (self.stamp.get(i) == Some(&self.generation)).then(|| self.label[i])
+    }
+
+    fn set(&mut self, v: u32, label: (f64, u32, u32)) {
+        let i = v as usize;
+        if let (Some(s), Some(l)) = (self.stamp.get_mut(i), self.label.get_mut(i)) {
+            *s = self.generation;
+            *l = label;
+        }
+    }
+}
+
+thread_local! {
+    static LABELS: RefCell<Labels> = RefCell::new(Labels::default());
+}
 
 /// How far from a road a position may be and still be snapped to it, metres.
 pub const SNAP_MAX_M: f64 = 250.0;
@@ -292,70 +334,72 @@ impl Network {
         }
         let target = b.point;
         let h = |v: u32| distance_m(self.graph.nodes[v as usize], target) / self.top_speed;
-        let mut best: FxHashMap<u32, (f64, u32, u32)> = FxHashMap::default();
-        let mut heap = BinaryHeap::new();
-        for &(v, t, id) in &starts {
-            if best.get(&v).is_none_or(|b| t < b.0) {
-                best.insert(v, (t, u32::MAX, id));
-                heap.push(Item(t + h(v), v));
-            }
-        }
-        let mut found: Option<(f64, u32, u32)> = best_direct.map(|(s, id)| (s, u32::MAX, id));
-        while let Some(Item(f, v)) = heap.pop() {
-            if found.is_some_and(|(x, _, _)| f >= x) {
-                break;
-            }
-            let Some(&(g, _, _)) = best.get(&v) else {
-                continue;
-            };
-            if f > g + h(v) + 1e-9 {
-                continue;
-            }
-            for &(node, rest, id) in &ends {
-                if node == v && found.is_none_or(|(x, _, _)| g + rest < x) {
-                    found = Some((g + rest, v, id));
+        LABELS.with_borrow_mut(|best| {
+            best.start(self.graph.nodes.len());
+            let mut heap = BinaryHeap::new();
+            for &(v, t, id) in &starts {
+                if best.get(v).is_none_or(|b| t < b.0) {
+                    best.set(v, (t, u32::MAX, id));
+                    heap.push(Item(t + h(v), v));
                 }
             }
-            for (i, e) in self.graph.edges[v as usize].iter().enumerate() {
-                let id = self.graph.edge_id(v, i);
-                let ng = g + e.len_m / speeds.speed(id).max(0.5);
-                if best.get(&e.to).is_none_or(|b| ng < b.0) {
-                    best.insert(e.to, (ng, v, id));
-                    heap.push(Item(ng + h(e.to), e.to));
+            let mut found: Option<(f64, u32, u32)> = best_direct.map(|(s, id)| (s, u32::MAX, id));
+            while let Some(Item(f, v)) = heap.pop() {
+                if found.is_some_and(|(x, _, _)| f >= x) {
+                    break;
+                }
+                let Some((g, _, _)) = best.get(v) else {
+                    continue;
+                };
+                if f > g + h(v) + 1e-9 {
+                    continue;
+                }
+                for &(node, rest, id) in &ends {
+                    if node == v && found.is_none_or(|(x, _, _)| g + rest < x) {
+                        found = Some((g + rest, v, id));
+                    }
+                }
+                for (i, e) in self.graph.edges[v as usize].iter().enumerate() {
+                    let id = self.graph.edge_id(v, i);
+                    let ng = g + e.len_m / speeds.speed(id).max(0.5);
+                    if best.get(e.to).is_none_or(|b| ng < b.0) {
+                        best.set(e.to, (ng, v, id));
+                        heap.push(Item(ng + h(e.to), e.to));
+                    }
                 }
             }
-        }
-        let (total, last, end_edge) = found?;
-        let mut leg = Leg::default();
-        if last == u32::MAX {
-            // Along one street.
-            leg.push(a.point, 0.0, end_edge);
+            let (total, last, end_edge) = found?;
+            let mut leg = Leg::default();
+            if last == u32::MAX {
+                // Along one street.
+                leg.push(a.point, 0.0, end_edge);
+                leg.push(b.point, total, end_edge);
+                return Some(leg);
+            }
+            // Walk back from the last node to a start.
+            let mut chain = vec![last];
+            let mut v = last;
+            while let Some((_, prev, _)) = best.get(v) {
+                if prev == u32::MAX {
+                    break;
+                }
+                chain.push(prev);
+                v = prev;
+                if chain.len() > self.graph.nodes.len() {
+                    return None;
+                }
+            }
+            chain.reverse();
+            let first = chain[0];
+            let (_, _, start_edge) = best.get(first)?;
+            leg.push(a.point, 0.0, start_edge);
+            for &n in &chain {
+                let (g, _, id) = best.get(n)?;
+                leg.push(self.graph.nodes[n as usize], g, id);
+            }
             leg.push(b.point, total, end_edge);
-            return Some(leg);
-        }
-        // Walk back from the last node to a start.
-        let mut chain = vec![last];
-        let mut v = last;
-        while let Some(&(_, prev, _)) = best.get(&v) {
-            if prev == u32::MAX {
-                break;
-            }
-            chain.push(prev);
-            v = prev;
-            if chain.len() > self.graph.nodes.len() {
-                return None;
-            }
-        }
-        chain.reverse();
-        let first = chain[0];
-        let (_, _, start_edge) = best.get(&first).copied()?;
-        leg.push(a.point, 0.0, start_edge);
-        for &n in &chain {
-            let (g, _, id) = best.get(&n).copied()?;
-            leg.push(self.graph.nodes[n as usize], g, id);
-        }
-        leg.push(b.point, total, end_edge);
-        Some(leg)
+            Some(leg)
+        })
     }
 }
 
