@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use geofence::{Fence, FenceId, FenceIndex, ProximityConfig, Subject, TrackConfig};
-use rxtrack_server::deliveries::Status;
 use rxtrack_server::dispatch::Hub;
-use rxtrack_server::eta::{self, EtaConfig};
-use rxtrack_server::patient::PatientSnapshot;
+use rxtrack_server::domain::PatientSnapshot;
+use rxtrack_server::domain::Status;
+use rxtrack_server::domain::eta::{self, EtaConfig};
 use rxtrack_server::types::{LatLng, UnixMillis};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 

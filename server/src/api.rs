@@ -17,81 +17,13 @@ use axum::routing::{get, post, put};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::app::{App, CommitError};
-use crate::auth::{Principal, Role};
-use crate::deliveries::{CreateDelivery, DomainError, StatusChange};
-use crate::ingest::Kick;
-use crate::log::{self, Event, StoredEvent};
+use crate::app::App;
+use crate::auth::Principal;
+use crate::domain::{Action, CreateDelivery, DomainError, StatusChange};
+use crate::error::ApiError;
+use crate::log::{self, Event};
+use crate::tenant::Tenant;
 use crate::types::{DeliveryId, DeviceId, SubjectId, UnixMillis};
-
-/// An API error: status, stable code, human message.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
-    }
-}
-
-impl From<DomainError> for ApiError {
-    fn from(e: DomainError) -> Self {
-        let msg = e.to_string();
-        match e {
-            DomainError::Invalid(_) => Self::bad_request("invalid", msg),
-            DomainError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", msg),
-            DomainError::Exists(_) => Self::new(StatusCode::CONFLICT, "exists", msg),
-            DomainError::Transition { .. } => {
-                Self::new(StatusCode::CONFLICT, "invalid_transition", msg)
-            }
-            DomainError::Forbidden(_) => Self::forbidden(msg),
-            DomainError::Crypto(_) => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "sealing failed",
-            ),
-        }
-    }
-}
-
-impl From<CommitError> for ApiError {
-    fn from(e: CommitError) -> Self {
-        match e {
-            CommitError::Domain(d) => d.into(),
-            CommitError::Log(m) => {
-                tracing::error!(error = %m, "a change could not be made durable");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "log_unavailable",
-                    "the change could not be made durable",
-                )
-            }
-        }
-    }
-}
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -113,15 +45,9 @@ fn principal(app: &App, headers: &HeaderMap) -> ApiResult<Principal> {
     })
 }
 
-fn require(p: &Principal, roles: &[Role]) -> ApiResult<()> {
-    if roles.contains(&p.role) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(format!(
-            "role {} may not do this",
-            p.role.as_str()
-        )))
-    }
+/// The role table's answer, before any body is read.
+fn require(p: &Principal, action: Action) -> ApiResult<()> {
+    action.check(p).map_err(ApiError::from)
 }
 
 fn require_fresh(p: &Principal) -> ApiResult<()> {
@@ -136,7 +62,7 @@ fn require_fresh(p: &Principal) -> ApiResult<()> {
     }
 }
 
-fn tenant<'a>(app: &'a App, p: &Principal) -> ApiResult<&'a crate::deliveries::Tenant> {
+fn tenant<'a>(app: &'a App, p: &Principal) -> ApiResult<&'a std::sync::Arc<Tenant>> {
     app.tenant(&p.tenant)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown tenant"))
 }
@@ -273,7 +199,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         )
         .into_response();
     }
-    if !app.store.healthy() {
+    if !app.log.healthy() {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "log_unavailable",
@@ -335,12 +261,12 @@ async fn create_delivery(
     body: Body,
 ) -> ApiResult<Response> {
     let p = principal(&app, &headers)?;
-    require(&p, &[Role::Admin, Role::Dispatcher, Role::PharmacyStaff])?;
+    require(&p, Action::CreateDelivery)?;
     let req: CreateDelivery = json_body(&app, body).await?;
     let t = tenant(&app, &p)?;
     let token = new_tracking_token()?;
-    let committed = t.create(&app.store, &p, req, &token, UnixMillis::now())?;
-    let (_, id) = app.durable(t, committed).await?;
+    let hash = crate::track::sha256_hex(&token);
+    let id = t.create(&p, req, hash, UnixMillis::now()).await?;
     let tracking_url = format!("{}/t/{token}", base_url(&app, &headers));
     Ok((
         StatusCode::CREATED,
@@ -355,22 +281,15 @@ async fn get_delivery(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let p = principal(&app, &headers)?;
-    require(
-        &p,
-        &[
-            Role::Admin,
-            Role::Dispatcher,
-            Role::Viewer,
-            Role::PharmacyStaff,
-        ],
-    )?;
+    require(&p, Action::ReadDelivery)?;
     let id = parse_id(&id, DeliveryId::parse)?;
     let t = tenant(&app, &p)?;
-    let st = t.lock();
-    let d = st
-        .delivery(&id)
-        .ok_or_else(|| DomainError::NotFound(id.to_string()))?;
-    Ok(axum::Json(st.view(d)).into_response())
+    let body = t.read(|book, _| {
+        book.delivery(&id)
+            .map(|d| serde_json::to_value(book.view(d)).unwrap_or_default())
+    });
+    let body = body.ok_or_else(|| DomainError::NotFound(id.to_string()))?;
+    Ok(axum::Json(body).into_response())
 }
 
 async fn delivery_events(
@@ -379,27 +298,20 @@ async fn delivery_events(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let p = principal(&app, &headers)?;
-    require(&p, &[Role::Admin, Role::Dispatcher, Role::Viewer])?;
+    require(&p, Action::ReadDeliveryEvents)?;
     let id = parse_id(&id, DeliveryId::parse)?;
     let t = tenant(&app, &p)?;
-    let locations = {
-        let st = t.lock();
-        st.delivery(&id)
-            .ok_or_else(|| DomainError::NotFound(id.to_string()))?
-            .events
-            .clone()
-    };
+    if !t.read(|book, _| book.delivery(&id).is_some()) {
+        return Err(DomainError::NotFound(id.to_string()).into());
+    }
     let key = t.key.clone();
-    let app2 = app.clone();
+    let log = app.log.clone();
+    let tenant_id = p.tenant.clone();
     let events = tokio::task::spawn_blocking(move || -> Result<Vec<Event>, String> {
-        locations
+        log.delivery_events(&tenant_id, &id)
+            .map_err(|e| e.to_string())?
             .into_iter()
-            .map(|loc| {
-                let line = app2.store.read(loc).map_err(|e| e.to_string())?;
-                let stored: StoredEvent =
-                    serde_json::from_slice(&line).map_err(|e| e.to_string())?;
-                log::open_with(&key, stored).map_err(|e| e.to_string())
-            })
+            .map(|stored| log::open_with(&key, stored).map_err(|e| e.to_string()))
             .collect()
     })
     .await
@@ -436,12 +348,13 @@ async fn change_status(
     body: Body,
 ) -> ApiResult<Response> {
     let p = principal(&app, &headers)?;
-    require(&p, &[Role::Admin, Role::Dispatcher, Role::PharmacyStaff])?;
+    require(&p, Action::ChangeStatus(None))?;
     let id = parse_id(&id, DeliveryId::parse)?;
     let b: StatusBody = json_body(&app, body).await?;
     let t = tenant(&app, &p)?;
-    let committed = t.change_status(&app.store, &p, &id, b.status, b.reason, UnixMillis::now())?;
-    let (_, status) = app.durable(t, committed).await?;
+    let status = t
+        .change_status(&p, &id, b.status, b.reason, UnixMillis::now())
+        .await?;
     Ok(axum::Json(serde_json::json!({"id": id, "status": status})).into_response())
 }
 
@@ -458,13 +371,13 @@ async fn assign_route(
     body: Body,
 ) -> ApiResult<Response> {
     let p = principal(&app, &headers)?;
-    require(&p, &[Role::Admin, Role::Dispatcher])?;
+    require(&p, Action::AssignRoute)?;
     let driver = parse_id(&driver, SubjectId::parse)?;
     let b: RouteBody = json_body(&app, body).await?;
     let t = tenant(&app, &p)?;
-    let committed = t.assign_route(&app.store, &p, &driver, &b.stops, UnixMillis::now())?;
-    app.durable(t, committed).await?;
-    let stops = t.lock().route(&driver).to_vec();
+    let stops = t
+        .assign_route(&p, &driver, &b.stops, UnixMillis::now())
+        .await?;
     Ok(axum::Json(serde_json::json!({"driver_id": driver, "stops": stops})).into_response())
 }
 
@@ -486,7 +399,7 @@ async fn export(
     query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let p = principal(&app, &headers)?;
-    require(&p, &[Role::Admin])?;
+    require(&p, Action::ExportLog)?;
     require_fresh(&p)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let from = q.from.unwrap_or(0);
@@ -499,23 +412,16 @@ async fn export(
     }
     let t = tenant(&app, &p)?;
     // The export is itself recorded, durably, before any data leaves.
-    let committed = t.log_exported(&app.store, &p, from, to, UnixMillis::now())?;
-    app.durable(t, committed).await?;
+    t.log_exported(&p, from, to, UnixMillis::now()).await?;
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_CHANNEL);
     let key = t.key.clone();
-    let tenant_id = p.tenant.as_str().to_owned();
-    let app2 = app.clone();
+    let tenant_id = p.tenant.clone();
+    let log = app.log.clone();
     app.tracker.spawn_blocking(move || {
         let mut buf = Vec::with_capacity(EXPORT_CHUNK);
         let mut failed = false;
-        let res = app2.store.scan(|line, _| {
-            let Ok(stored) = serde_json::from_slice::<StoredEvent>(line) else {
-                return true;
-            };
-            if stored.tenant != tenant_id || stored.at < from || stored.at >= to {
-                return true;
-            }
+        let res = log.scan(&tenant_id, from, to, &mut |stored| {
             let written = log::open_with(&key, stored)
                 .ok()
                 .and_then(|ev| serde_json::to_writer(&mut buf, &ev).ok());
@@ -545,40 +451,35 @@ async fn export(
 
 async fn verify(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Response> {
     let p = principal(&app, &headers)?;
-    require(&p, &[Role::Admin])?;
-    let app2 = app.clone();
-    let tenant_id = p.tenant.as_str().to_owned();
-    let report = tokio::task::spawn_blocking(move || {
-        let mut v = log::Verifier::new(Some(&tenant_id));
-        app2.store
-            .scan(|line, loc| v.line(line, loc))
-            .map(|()| v.finish())
-    })
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "verifier failed",
-        )
-    })?
-    .map_err(|e| {
-        tracing::error!(error = %e, "verifying the log failed");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the log could not be read",
-        )
-    })?;
+    require(&p, Action::VerifyLog)?;
+    let log = app.log.clone();
+    let tenant_id = p.tenant.clone();
+    let report = tokio::task::spawn_blocking(move || log.verify(&tenant_id))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "verifier failed",
+            )
+        })?
+        .map_err(|e| {
+            tracing::error!(error = %e, "verifying the log failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the log could not be read",
+            )
+        })?;
     Ok(axum::Json(report).into_response())
 }
 
 async fn list_devices(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Response> {
     let p = principal(&app, &headers)?;
-    require(&p, &[Role::Admin, Role::Dispatcher])?;
+    require(&p, Action::ListDevices)?;
     let t = tenant(&app, &p)?;
-    let mut rows = app.devices.list(&p.tenant);
-    let revoked = t.lock().revoked().clone();
+    let mut rows = app.devices.list(&p.tenant, app.bus.as_ref());
+    let revoked = t.read(|book, _| book.revoked().clone());
     for r in &mut rows {
         r.revoked = revoked.contains(&r.device_id);
     }
@@ -604,13 +505,12 @@ async fn revoke_device(
     Path(did): Path<String>,
 ) -> ApiResult<Response> {
     let p = principal(&app, &headers)?;
-    require(&p, &[Role::Admin])?;
+    require(&p, Action::RevokeDevice)?;
     require_fresh(&p)?;
     let did = parse_id(&did, DeviceId::parse)?;
     let t = tenant(&app, &p)?;
-    let committed = t.revoke_device(&app.store, &p, &did, UnixMillis::now())?;
-    app.durable(t, committed).await?;
-    app.devices.kick(&p.tenant, &did, Kick::Revoked);
+    // Its live session is kicked by the commit path, once the revoke is durable.
+    t.revoke_device(&p, &did, UnixMillis::now()).await?;
     Ok(axum::Json(serde_json::json!({"device_id": did, "revoked": true})).into_response())
 }
 
@@ -620,11 +520,10 @@ async fn revoke_link(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let p = principal(&app, &headers)?;
-    require(&p, &[Role::Admin, Role::Dispatcher])?;
+    require(&p, Action::RevokeLink)?;
     let id = parse_id(&id, DeliveryId::parse)?;
     let t = tenant(&app, &p)?;
-    let committed = t.revoke_link(&app.store, &p, &id, UnixMillis::now())?;
-    app.durable(t, committed).await?;
+    t.revoke_link(&p, &id, UnixMillis::now()).await?;
     Ok(axum::Json(serde_json::json!({"id": id, "link_revoked": true})).into_response())
 }
 

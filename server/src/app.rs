@@ -9,11 +9,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
+use crate::bus::{Bus, LocalBus};
 use crate::config::Config;
-use crate::deliveries::{DomainError, Tenant};
+use crate::error::ApiError;
 use crate::ingest::Devices;
-use crate::log::{self, DataKey, Event, Location, Store};
+use crate::log::{self, DataKey, EventLog, Store};
 use crate::metrics::Metrics;
+use crate::tenant::{Replayed, Tenant};
 use crate::types::TenantId;
 
 /// Everything a request handler or socket task may need.
@@ -21,8 +23,11 @@ use crate::types::TenantId;
 pub struct App {
     pub config: Config,
     pub verifier: Verifier,
-    pub tenants: HashMap<TenantId, Tenant>,
-    pub store: Store,
+    pub tenants: HashMap<TenantId, Arc<Tenant>>,
+    /// The delivery log (durable events only).
+    pub log: Arc<dyn EventLog>,
+    /// Where committed changes and positions go out to sockets.
+    pub bus: Arc<dyn Bus>,
     pub metrics: Arc<Metrics>,
     pub devices: Devices,
     /// Cancelled when the node starts draining.
@@ -32,18 +37,7 @@ pub struct App {
     /// One permit per open connection (HTTP or WebSocket).
     pub conn_limit: Arc<Semaphore>,
     /// Tracking-link lookups per client address.
-    pub link_limiter: crate::track::LinkLimiter,
-    /// Each tenant's dispatcher fan-out.
-    pub hubs: HashMap<TenantId, crate::dispatch::Hub>,
-}
-
-/// Why waiting for durability failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CommitError {
-    #[error(transparent)]
-    Domain(#[from] DomainError),
-    #[error("the delivery log could not make the change durable: {0}")]
-    Log(String),
+    pub link_limiter: crate::ratelimit::AddressLimiter,
 }
 
 impl App {
@@ -54,21 +48,32 @@ impl App {
         crate::fsutil::create_private_dir(&config.data_dir)
             .with_context(|| format!("creating data folder {}", config.data_dir.display()))?;
         let log_dir = config.data_dir.join("log");
+        let network = load_network(&config)?;
+        let fresh = |key: Arc<DataKey>, id: &TenantId| {
+            let name = config
+                .tenant(id.as_str())
+                .and_then(|c| c.display_name.as_deref())
+                .map(Arc::from);
+            Replayed::new(
+                key,
+                config.limits.link_grace_ms,
+                config.eta,
+                network.clone(),
+                name,
+            )
+        };
 
         let mut keys: HashMap<TenantId, Option<Arc<DataKey>>> = HashMap::new();
         for t in &config.tenants {
             let key = DataKey::load(&config.data_dir, &t.id, false)?.map(Arc::new);
             keys.insert(t.id.clone(), key);
         }
-        let mut tenants: HashMap<TenantId, Tenant> = keys
+        let mut states: HashMap<TenantId, Replayed> = keys
             .iter()
-            .filter_map(|(id, k)| {
-                k.as_ref()
-                    .map(|k| (id.clone(), Tenant::new(id.clone(), k.clone())))
-            })
+            .filter_map(|(id, k)| k.as_ref().map(|k| (id.clone(), fresh(k.clone(), id))))
             .collect();
 
-        let recovery = log::store::recover(&log_dir, |stored, loc| {
+        let recovery = log::store::recover(&log_dir, |stored, _| {
             let Ok(tid) = TenantId::parse(&stored.tenant) else {
                 return Ok(());
             };
@@ -82,115 +87,68 @@ impl App {
                 ),
                 Some(Some(_)) => {
                     let seq = stored.seq;
-                    tenants
-                        .get(&tid)
+                    states
+                        .get_mut(&tid)
                         .context("tenant with a key has state")?
-                        .replay(stored, loc)
+                        .replay(stored)
                         .with_context(|| format!("opening event {seq} of tenant {tid}"))
                 }
             }
         })?;
         for t in &config.tenants {
-            if !tenants.contains_key(&t.id) {
+            if !states.contains_key(&t.id) {
                 let key = DataKey::load(&config.data_dir, &t.id, true)?
                     .context("a created data key can be loaded")?;
-                tenants.insert(t.id.clone(), Tenant::new(t.id.clone(), Arc::new(key)));
-            }
-        }
-        let network = load_network(&config)?;
-        for (id, t) in &tenants {
-            let name = config
-                .tenant(id.as_str())
-                .and_then(|c| c.display_name.as_deref())
-                .map(Arc::from);
-            t.configure(
-                config.limits.link_grace_ms,
-                config.eta,
-                network.clone(),
-                name,
-            );
-        }
-        for (tid, (seq, hash)) in recovery.heads {
-            if let Some(t) = TenantId::parse(&tid).ok().and_then(|id| tenants.get(&id)) {
-                t.set_chain_head(seq, hash);
+                states.insert(t.id.clone(), fresh(Arc::new(key), &t.id));
             }
         }
         tracing::info!(
             events = recovery.events,
             torn_tail_bytes = recovery.truncated_bytes,
-            tenants = tenants.len(),
+            tenants = states.len(),
             "delivery log recovered"
         );
-        let active: usize = tenants.values().map(|t| t.lock().active_count()).sum();
+        let active: usize = states.values().map(Replayed::active_count).sum();
         metrics
             .deliveries_active
             .set(i64::try_from(active).unwrap_or(i64::MAX));
 
-        let store = Store::open(&log_dir, metrics.clone())?;
-        let tenant_ids: Vec<TenantId> = tenants.keys().cloned().collect();
+        let log: Arc<dyn EventLog> = Arc::new(Store::open(&log_dir, metrics.clone(), recovery)?);
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(states.keys().cloned(), metrics.clone()));
+        let tenants = states
+            .into_iter()
+            .map(|(id, state)| {
+                let t = Tenant::new(id.clone(), state, log.clone(), bus.clone(), metrics.clone());
+                (id, Arc::new(t))
+            })
+            .collect();
         let config_limit = config.limits.max_connections;
         Ok(Arc::new(Self {
             verifier: config.verifier(),
             config,
             tenants,
-            store,
+            log,
+            bus,
             metrics,
             devices: Devices::default(),
             shutdown,
             tracker: TaskTracker::new(),
             conn_limit: Arc::new(Semaphore::new(config_limit)),
-            link_limiter: crate::track::LinkLimiter::default(),
-            hubs: tenant_ids
-                .into_iter()
-                .map(|t| (t, crate::dispatch::Hub::default()))
-                .collect(),
+            link_limiter: crate::ratelimit::AddressLimiter::default(),
         }))
     }
 
     /// The tenant of a verified principal (always configured: the verifier
     /// only accepts tokens of configured tenants).
     #[must_use]
-    pub fn tenant(&self, id: &TenantId) -> Option<&Tenant> {
+    pub fn tenant(&self, id: &TenantId) -> Option<&Arc<Tenant>> {
         self.tenants.get(id)
     }
 
-    /// Waits until a command's events are durable, then records where they are.
-    pub async fn durable<T>(
-        &self,
-        tenant: &Tenant,
-        committed: crate::deliveries::Committed<T>,
-    ) -> Result<(Vec<Event>, T), CommitError> {
-        let mut locations: Vec<Location> = Vec::with_capacity(committed.pending.len());
-        for p in committed.pending {
-            match p.await {
-                Ok(Ok(loc)) => locations.push(loc),
-                Ok(Err(e)) => return Err(CommitError::Log(e.to_string())),
-                Err(_) => return Err(CommitError::Log("the log writer stopped".into())),
-            }
-        }
-        tenant.record_locations(&committed.events, &locations);
-        self.refresh_active();
-        crate::dispatch::publish_events(self, tenant, &committed.events);
-        // Windows and estimates that moved with them (not already told with
-        // an event of their delivery).
-        let told: std::collections::HashSet<&str> = committed
-            .events
-            .iter()
-            .filter_map(|e| e.delivery_id.as_deref())
-            .collect();
-        let moved: Vec<crate::types::DeliveryId> = committed
-            .changed
-            .into_iter()
-            .filter(|id| !told.contains(id.as_str()))
-            .collect();
-        crate::dispatch::publish_deliveries(self, tenant, &moved);
-        Ok((committed.events, committed.value))
-    }
-
     /// A permit for one more socket, or a 503 when the node is full.
-    pub fn socket_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, crate::api::ApiError> {
+    pub fn socket_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
         self.conn_limit.clone().try_acquire_owned().map_err(|_| {
-            crate::api::ApiError::new(
+            ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
                 "too many connections; retry later",
@@ -206,13 +164,6 @@ impl App {
         token.map_or(Err(crate::auth::AuthError::Missing), |t| {
             self.verifier.verify(t, crate::types::UnixMillis::now())
         })
-    }
-
-    fn refresh_active(&self) {
-        let active: usize = self.tenants.values().map(|t| t.lock().active_count()).sum();
-        self.metrics
-            .deliveries_active
-            .set(i64::try_from(active).unwrap_or(i64::MAX));
     }
 }
 

@@ -22,73 +22,7 @@ use crate::types::{DeviceId, SubjectId, TenantId, UnixMillis};
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// The audience every token must carry.
 pub const AUDIENCE: &str = "rxtrack";
-/// Clock skew tolerated on `exp`, `iat` and `nbf`, in seconds.
-pub const LEEWAY_S: i64 = 30;
-/// How recent `auth_time` must be for privileged actions, in seconds.
-pub const PRIVILEGED_MAX_AGE_S: i64 = 5 * 60;
-
-/// What a token's holder is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Admin,
-    Dispatcher,
-    Viewer,
-    PharmacyStaff,
-    Driver,
-    /// Not a token role: the holder of a patient tracking link, as an actor
-    /// in the delivery log. [`Role::parse`] never yields it.
-    TrackingLink,
-}
-
-impl Role {
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Dispatcher => "dispatcher",
-            Role::Viewer => "viewer",
-            Role::PharmacyStaff => "pharmacy_staff",
-            Role::Driver => "driver",
-            Role::TrackingLink => "tracking_link",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "admin" => Role::Admin,
-            "dispatcher" => Role::Dispatcher,
-            "viewer" => Role::Viewer,
-            "pharmacy_staff" => Role::PharmacyStaff,
-            "driver" => Role::Driver,
-            _ => return None,
-        })
-    }
-}
-
-/// A verified token holder.
-#[derive(Clone, Debug)]
-pub struct Principal {
-    pub tenant: TenantId,
-    pub sub: SubjectId,
-    pub role: Role,
-    /// Drivers only: the device the token was issued to.
-    pub device: Option<DeviceId>,
-    /// Expiry, seconds since the epoch.
-    pub exp: i64,
-    /// When the holder last authenticated, seconds since the epoch.
-    pub auth_time: Option<i64>,
-}
-
-impl Principal {
-    /// Whether the holder authenticated recently enough for a privileged action.
-    #[must_use]
-    pub fn freshly_authenticated(&self, now: UnixMillis) -> bool {
-        self.auth_time.is_some_and(|t| {
-            now.as_secs() - t <= PRIVILEGED_MAX_AGE_S && t <= now.as_secs() + LEEWAY_S
-        })
-    }
-}
+pub use crate::domain::{LEEWAY_S, PRIVILEGED_MAX_AGE_S, Principal, Role};
 
 /// Why a token was refused. The `Display` text is safe to send to the client:
 /// it never echoes the token.

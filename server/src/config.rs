@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
 use crate::auth::{LifetimeCaps, TenantKeys, Verifier};
-use crate::eta::EtaConfig;
+use crate::domain::eta::EtaConfig;
 use crate::types::TenantId;
 
 /// Shortest HS256 secret we accept, in bytes (RFC 7518 §3.2: at least the hash size).
@@ -160,7 +160,7 @@ impl Default for Limits {
             link_lookups_per_s: 1.0,
             link_lookup_burst: 30.0,
             heartbeat_ms: 20_000,
-            link_grace_ms: crate::deliveries::LINK_GRACE_MS,
+            link_grace_ms: crate::domain::model::LINK_GRACE_MS,
         }
     }
 }

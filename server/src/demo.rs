@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::app::App;
 use crate::auth::{AUDIENCE, Claims, Principal, Role, mint_hs256};
-use crate::deliveries::{CreateDelivery, Fence, Recipient, StatusChange};
+use crate::domain::{CreateDelivery, Fence, Recipient, StatusChange};
 use crate::types::{DeliveryId, SubjectId, TenantId, UnixMillis};
 
 /// Central Helsinki's streets (© OpenStreetMap contributors, ODbL 1.0).
@@ -93,26 +93,27 @@ pub async fn start(app: Arc<App>, addr: SocketAddr, drivers: usize) -> anyhow::R
                 },
                 window: None,
             };
-            let committed =
-                tenant.create(&app.store, &dispatcher, req, &token, UnixMillis::now())?;
-            app.durable(tenant, committed).await?;
+            let hash = crate::track::sha256_hex(&token);
+            tenant
+                .create(&dispatcher, req, hash, UnixMillis::now())
+                .await?;
             urls.push(format!("http://{addr}/t/{token}"));
             stops.push(id);
         }
         let driver = SubjectId::parse(&format!("driver-{}", d.index))?;
-        let committed =
-            tenant.assign_route(&app.store, &dispatcher, &driver, &stops, UnixMillis::now())?;
-        app.durable(tenant, committed).await?;
+        tenant
+            .assign_route(&dispatcher, &driver, &stops, UnixMillis::now())
+            .await?;
         for id in &stops {
-            let c = tenant.change_status(
-                &app.store,
-                &dispatcher,
-                id,
-                StatusChange::PickedUp,
-                None,
-                UnixMillis::now(),
-            )?;
-            app.durable(tenant, c).await?;
+            tenant
+                .change_status(
+                    &dispatcher,
+                    id,
+                    StatusChange::PickedUp,
+                    None,
+                    UnixMillis::now(),
+                )
+                .await?;
         }
         ids.push(stops);
     }
@@ -201,9 +202,12 @@ async fn drive(
                 }
             }
             for (id, change) in changes {
-                if let Ok(c) = tenant.change_status(&app.store, &dispatcher, &id, change, None, now)
+                match tenant
+                    .change_status(&dispatcher, &id, change, None, now)
+                    .await
                 {
-                    app.durable(tenant, c).await?;
+                    Ok(_) | Err(crate::tenant::CommitError::Domain(_)) => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
         }

@@ -27,10 +27,10 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::api::ApiError;
 use crate::app::App;
-use crate::auth::{Principal, Role};
-use crate::log::{Event, EventKind};
+use crate::auth::Principal;
+use crate::domain::Action;
+use crate::error::ApiError;
 use crate::protocol::Fix;
 use crate::types::SubjectId;
 use crate::ws::{self, Socket, close};
@@ -245,68 +245,6 @@ enum DispatcherMsg {
     Viewport { cells: Vec<String> },
 }
 
-/// Publishes committed events (and the delivery changes they imply) to the
-/// tenant's dispatchers. Called once the events are durable.
-pub fn publish_events(app: &App, tenant: &crate::deliveries::Tenant, events: &[Event]) {
-    let Some(hub) = app.hubs.get(&tenant.id) else {
-        return;
-    };
-    for e in events {
-        let mut v = serde_json::to_value(e).unwrap_or(serde_json::Value::Null);
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert("type".into(), "event".into());
-        }
-        let dropped = hub.publish(&Utf8Bytes::from(v.to_string()));
-        app.metrics.slow_closes.inc_by(dropped as u64);
-        // Only events that change a delivery warrant a delivery message.
-        if matches!(
-            e.kind,
-            EventKind::LinkOpened | EventKind::LinkRevoked | EventKind::LogExported
-        ) {
-            continue;
-        }
-        let Some(id) = e
-            .delivery_id
-            .as_deref()
-            .and_then(|d| crate::types::DeliveryId::parse(d).ok())
-        else {
-            continue;
-        };
-        publish_deliveries(app, tenant, std::slice::from_ref(&id));
-    }
-}
-
-/// Tells the tenant's dispatchers where these deliveries stand: status,
-/// driver, the window the patient sees and the estimate behind it.
-pub fn publish_deliveries(
-    app: &App,
-    tenant: &crate::deliveries::Tenant,
-    ids: &[crate::types::DeliveryId],
-) {
-    let Some(hub) = app.hubs.get(&tenant.id) else {
-        return;
-    };
-    for id in ids {
-        let change = {
-            let st = tenant.lock();
-            st.delivery(id).map(|d| {
-                serde_json::json!({
-                    "type": "delivery",
-                    "id": d.id,
-                    "status": d.status,
-                    "driver_id": d.driver,
-                    "eta": d.snapshot.eta,
-                    "eta_at": d.eta.map(|t| t.0),
-                })
-            })
-        };
-        if let Some(c) = change {
-            let dropped = hub.publish(&Utf8Bytes::from(c.to_string()));
-            app.metrics.slow_closes.inc_by(dropped as u64);
-        }
-    }
-}
-
 /// `GET /v1/dispatch/ws` (admin, dispatcher, viewer).
 pub async fn socket(State(app): State<Arc<App>>, mut req: Request) -> Result<Response, ApiError> {
     let hs = ws::handshake(&mut req)?;
@@ -324,12 +262,10 @@ pub async fn socket(State(app): State<Arc<App>>, mut req: Request) -> Result<Res
                         .inc();
                     Some((close::UNAUTHORIZED, "token invalid or expired"))
                 }
-                Ok(p) if !matches!(p.role, Role::Admin | Role::Dispatcher | Role::Viewer) => {
-                    Some((
-                        close::FORBIDDEN,
-                        "the live map needs an admin, dispatcher or viewer token",
-                    ))
-                }
+                Ok(p) if !Action::WatchMap.allowed(p.role) => Some((
+                    close::FORBIDDEN,
+                    "the live map needs an admin, dispatcher or viewer token",
+                )),
                 Ok(p) => {
                     let gauge = app2.metrics.connections.with_label_values(&["dispatcher"]);
                     gauge.inc();
@@ -354,20 +290,27 @@ fn snapshot(app: &App, p: &Principal, hub: &Hub) -> (String, u64) {
         ..
     } = hub.positions_since(0, None, "snapshot");
     let deliveries: Vec<serde_json::Value> = app.tenant(&p.tenant).map_or_else(Vec::new, |t| {
-        let st = t.lock();
-        st.active_deliveries()
-            .map(|d| {
-                let mut v = serde_json::to_value(st.view(d)).unwrap_or(serde_json::Value::Null);
-                if let Some(o) = v.as_object_mut() {
-                    o.insert(
-                        "eta".into(),
-                        serde_json::to_value(d.snapshot.eta).unwrap_or_default(),
-                    );
-                    o.insert("eta_at".into(), d.eta.map(|t| t.0).into());
-                }
-                v
-            })
-            .collect()
+        t.read(|book, tracker| {
+            book.active_deliveries()
+                .map(|d| {
+                    let mut v =
+                        serde_json::to_value(book.view(d)).unwrap_or(serde_json::Value::Null);
+                    let track = tracker.track(&d.id);
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert(
+                            "eta".into(),
+                            serde_json::to_value(track.and_then(|t| t.snapshot.eta))
+                                .unwrap_or_default(),
+                        );
+                        o.insert(
+                            "eta_at".into(),
+                            track.and_then(|t| t.eta).map(|e| e.0).into(),
+                        );
+                    }
+                    v
+                })
+                .collect()
+        })
     });
     let drivers: serde_json::Value = drivers
         .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
@@ -378,9 +321,10 @@ fn snapshot(app: &App, p: &Principal, hub: &Hub) -> (String, u64) {
 }
 
 async fn serve(app: &App, sock: &mut Socket, p: &Principal) -> Option<(u16, &'static str)> {
-    let hub = app.hubs.get(&p.tenant)?;
     // Subscribe before the snapshot, so nothing falls between them.
-    let mut events = hub.subscribe();
+    let feed = app.bus.subscribe_dispatcher(&p.tenant)?;
+    let hub = feed.positions.as_ref();
+    let mut events = feed.events;
     let (snap, mut seen) = snapshot(app, p, hub);
     if !ws::send_text(sock, snap.into()).await {
         return Some((close::SLOW, "could not send the snapshot"));

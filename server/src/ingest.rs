@@ -7,11 +7,10 @@
 //! neither re-applies old pings nor resets the rate limit.
 //!
 //! An ack is sent only once every delivery-log event the acknowledged pings
-//! caused is durable. Pings on their own cause no log events yet; proximity
-//! events (arrived, departed, approaching) will, through the same path.
+//! caused (arrived, departed, approaching) is durable: they go through the
+//! tenant's commit path like any command.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -22,50 +21,11 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityE
 
 use crate::app::App;
 use crate::auth::{AuthError, Principal, Role};
+use crate::bus::{Bus, Kick};
 use crate::protocol::{Cursor, DriverMsg, MAX_BATCH, PingIn, ServerMsg};
+use crate::ratelimit::Bucket;
 use crate::types::{DeviceId, SubjectId, TenantId, UnixMillis};
 use crate::ws::{self, Socket, close};
-
-/// A token bucket: `rate` tokens a second, at most `burst` stored.
-#[derive(Debug, Clone, Copy)]
-pub struct Bucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    #[must_use]
-    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
-        Self {
-            tokens: burst,
-            rate,
-            burst,
-            at: now,
-        }
-    }
-
-    /// Takes `n` tokens if there are enough.
-    pub fn take(&mut self, n: f64, now: Instant) -> bool {
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
-        self.at = now;
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
-        if self.tokens >= n {
-            self.tokens -= n;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Why a session was ended from outside.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kick {
-    Replaced,
-    Revoked,
-}
 
 /// What the server knows of one device.
 #[derive(Debug)]
@@ -75,7 +35,6 @@ pub struct DeviceLive {
     pub last_seen: Option<UnixMillis>,
     pings: Bucket,
     messages: Bucket,
-    session: Option<(u64, oneshot::Sender<Kick>)>,
 }
 
 /// A device, always with its tenant.
@@ -85,7 +44,6 @@ type DeviceKey = (TenantId, DeviceId);
 #[derive(Debug, Default)]
 pub struct Devices {
     map: Mutex<HashMap<DeviceKey, Arc<Mutex<DeviceLive>>>>,
-    next_session: AtomicU64,
 }
 
 /// One row of `GET /v1/devices`.
@@ -118,35 +76,14 @@ impl Devices {
                     last_seen: None,
                     pings: Bucket::new(l.pings_per_second, l.ping_burst, now),
                     messages: Bucket::new(l.messages_per_second, l.message_burst, now),
-                    session: None,
                 }))
             })
             .clone()
     }
 
-    /// Ends the device's live session, if any.
-    pub fn kick(&self, tenant: &TenantId, device: &DeviceId, why: Kick) {
-        let slot = self
-            .map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&(tenant.clone(), device.clone()))
-            .cloned();
-        if let Some(slot) = slot {
-            let session = slot
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .session
-                .take();
-            if let Some((_, tx)) = session {
-                let _ = tx.send(why);
-            }
-        }
-    }
-
     /// The tenant's devices seen since start-up.
     #[must_use]
-    pub fn list(&self, tenant: &TenantId) -> Vec<DeviceRow> {
+    pub fn list(&self, tenant: &TenantId, bus: &dyn Bus) -> Vec<DeviceRow> {
         let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         map.iter()
             .filter(|((t, _), _)| t == tenant)
@@ -155,7 +92,7 @@ impl Devices {
                 DeviceRow {
                     device_id: d.clone(),
                     driver_id: Some(s.driver.clone()),
-                    connected: s.session.is_some(),
+                    connected: bus.connected(tenant, d),
                     last_seen: s.last_seen,
                     last_seq: s.cursor.last_seq,
                     revoked: false,
@@ -192,7 +129,7 @@ pub async fn run(app: Arc<App>, mut ws: Socket, auth: Result<Principal, AuthErro
         ws::close_with(&mut ws, &app.metrics, close::UNAUTHORIZED, "unknown tenant").await;
         return;
     };
-    if tenant.lock().is_revoked(&device) {
+    if tenant.read(|book, _| book.is_revoked(&device)) {
         ws::close_with(&mut ws, &app.metrics, close::FORBIDDEN, "device revoked").await;
         return;
     }
@@ -200,15 +137,11 @@ pub async fn run(app: Arc<App>, mut ws: Socket, auth: Result<Principal, AuthErro
     let slot = app
         .devices
         .slot(&principal.tenant, &device, &principal.sub, &app);
-    let session_id = app.devices.next_session.fetch_add(1, Ordering::Relaxed);
-    let (kick_tx, mut kick_rx) = oneshot::channel();
-    {
-        let mut s = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, old)) = s.session.replace((session_id, kick_tx)) {
-            let _ = old.send(Kick::Replaced);
-        }
-        s.driver = principal.sub.clone();
-    }
+    let crate::bus::Session {
+        id: session_id,
+        kicked: mut kick_rx,
+    } = app.bus.open_session(&principal.tenant, &device);
+    slot.lock().unwrap_or_else(PoisonError::into_inner).driver = principal.sub.clone();
     let gauge = app.metrics.connections.with_label_values(&["driver"]);
     gauge.inc();
     tracing::debug!(tenant = %principal.tenant, session = session_id, "driver connected");
@@ -224,12 +157,8 @@ pub async fn run(app: Arc<App>, mut ws: Socket, auth: Result<Principal, AuthErro
         ws::close_with(&mut ws, &app.metrics, code, reason).await;
     }
 
-    {
-        let mut s = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if s.session.as_ref().is_some_and(|(id, _)| *id == session_id) {
-            s.session = None;
-        }
-    }
+    app.bus
+        .close_session(&session.principal.tenant, &session.device, session_id);
     gauge.dec();
     tracing::debug!(session = session_id, "driver disconnected");
 }
@@ -434,32 +363,19 @@ impl Session<'_> {
             (applied, live.cursor.last_seq)
         };
         // Dispatchers see the newest position (encoded once, latest wins).
-        if let (Some(last), Some(hub)) = (
-            applied.accepted.iter().max_by_key(|f| f.ts),
-            self.app.hubs.get(&self.principal.tenant),
-        ) {
-            hub.position(&self.principal.sub, last);
+        if let Some(last) = applied.accepted.iter().max_by_key(|f| f.ts) {
+            self.app
+                .bus
+                .position(&self.principal.tenant, &self.principal.sub, last);
         }
         // The events these fixes cause are durable before the ack goes out.
         if self.app.config.proximity
             && !applied.accepted.is_empty()
             && let Some(tenant) = self.app.tenant(&self.principal.tenant)
         {
-            let durable = match tenant.observe(&self.app.store, &self.principal, &applied.accepted)
-            {
-                // No event: windows and estimates that moved go out at once.
-                Ok(committed) if committed.events.is_empty() => {
-                    crate::dispatch::publish_deliveries(self.app, tenant, &committed.changed);
-                    Ok(())
-                }
-                Ok(committed) => self
-                    .app
-                    .durable(tenant, committed)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+            let durable = tenant
+                .observe(&self.principal, &applied.accepted, now)
+                .await;
             if let Err(e) = durable {
                 tracing::error!(error = %e, "proximity events could not be made durable; closing the driver socket");
                 return Next::Close(close::GOING_AWAY, "delivery log unavailable");
@@ -510,23 +426,5 @@ impl Session<'_> {
                 Next::Continue
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn bucket_refills_at_its_rate_up_to_its_burst() {
-        let t0 = Instant::now();
-        let mut b = Bucket::new(10.0, 20.0, t0);
-        assert!(b.take(20.0, t0));
-        assert!(!b.take(1.0, t0));
-        assert!(b.take(5.0, t0 + Duration::from_millis(500)));
-        assert!(!b.take(1.0, t0 + Duration::from_millis(500)));
-        assert!(b.take(20.0, t0 + Duration::from_secs(100)));
-        assert!(!b.take(0.5, t0 + Duration::from_secs(100)));
     }
 }

@@ -1,24 +1,28 @@
 //! rxtrack: a real-time live tracking server for pharmacy and medical deliveries.
 //!
-//! A map of the crate, one concept per module:
+//! A map of the crate. The pure core comes first; everything after it is
+//! the edge that wires it to sockets, files and clocks.
 //!
-//! - [`config`]: the TOML configuration, its validation, the zero-config demo.
+//! - [`domain`]: deliveries, the status machine, the role table, proximity,
+//!   ETAs and patient views, as pure functions of state, input and time.
 //! - [`types`]: identifier and unit newtypes, parsed once at the edge.
-//! - [`auth`]: JWT verification (HS256, Ed25519), roles, lifetime caps.
 //! - [`protocol`]: the driver stream's wire types and pure ping validation.
-//! - [`log`]: the durable delivery log (hash chain, sealing, group commit).
-//! - [`deliveries`]: deliveries, routes, devices, proximity and tracking links,
-//!   rebuilt from the log.
-//! - [`demo`]: `rxtrack demo`'s simulated fleet on Helsinki's streets.
-//! - [`dispatch`]: the dispatcher live stream and the per-tenant fan-out.
-//! - [`eta`]: the ETA engine and the coarse windows patients see (pure).
-//! - [`patient`]: the patient snapshot, a type with no room for PHI.
-//! - [`ingest`]: the driver WebSocket: dedupe, rate limits, acks.
-//! - [`ws`]: the WebSocket handshake and close helpers.
-//! - [`api`]: the HTTP API.
+//! - [`tenant`]: one tenant's commit path, the only place its state changes:
+//!   decide, chain, append, await durable, apply, publish.
+//! - [`log`]: the delivery log behind [`log::EventLog`]: hash chain,
+//!   sealing, segment files with group commit.
+//! - [`bus`]: fan-out behind [`bus::Bus`], and its in-process implementation.
+//! - [`config`]: the TOML configuration, its validation, the zero-config demo.
+//! - [`auth`]: JWT verification (HS256, Ed25519) and lifetime caps.
 //! - [`app`]: the shared state of a node and how it is opened from disk.
+//! - [`api`]: the HTTP API; [`error`]: its error type.
+//! - [`ingest`]: the driver WebSocket: dedupe, rate limits, acks.
+//! - [`dispatch`]: the dispatcher live stream and its position board.
 //! - [`track`]: patient tracking links and their WebSocket.
+//! - [`ws`]: the WebSocket handshake and close helpers.
+//! - [`ratelimit`]: token buckets, per device and per address.
 //! - [`server`]: the accept loop and draining.
+//! - [`demo`]: `rxtrack demo`'s simulated fleet on Helsinki's streets.
 //! - [`web`]: the embedded pages and their assets.
 //! - [`metrics`]: every metric name, in one place.
 //!
@@ -27,18 +31,20 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod bus;
 pub mod config;
-pub mod deliveries;
 pub mod demo;
 pub mod dispatch;
-pub mod eta;
+pub mod domain;
+pub mod error;
 pub mod fsutil;
 pub mod ingest;
 pub mod log;
 pub mod metrics;
-pub mod patient;
 pub mod protocol;
+pub mod ratelimit;
 pub mod server;
+pub mod tenant;
 pub mod track;
 pub mod types;
 pub mod web;

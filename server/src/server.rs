@@ -49,8 +49,7 @@ pub async fn run_app(listener: TcpListener, app: Arc<App>) -> anyhow::Result<()>
                 _ = tick.tick() => {
                     let now = crate::types::UnixMillis::now();
                     for t in scanner.tenants.values() {
-                        let moved = t.refresh_quiet(now);
-                        crate::dispatch::publish_deliveries(&scanner, t, &moved);
+                        t.refresh_quiet(now);
                     }
                 }
             }
@@ -65,7 +64,7 @@ pub async fn run_app(listener: TcpListener, app: Arc<App>) -> anyhow::Result<()>
     {
         tracing::warn!("drain deadline passed; dropping remaining connections");
     }
-    app.store.close().await;
+    app.log.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -3,11 +3,9 @@
 //! A link token is 192 random bits; only its SHA-256 is stored. Unknown,
 //! expired and revoked tokens all get the same 404. Lookups are rate-limited
 //! per client address, and every opening is a `link.opened` event in the log
-//! before any data leaves. Patients receive only [`crate::patient::PatientSnapshot`].
+//! before any data leaves. Patients receive only [`crate::domain::PatientSnapshot`].
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Request, State};
@@ -17,44 +15,18 @@ use futures_util::StreamExt as _;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::api::ApiError;
 use crate::app::App;
-use crate::ingest::Bucket;
+use crate::error::ApiError;
 use crate::server::PeerAddr;
 use crate::types::{DeliveryId, TenantId, UnixMillis};
 use crate::ws::{self, Socket, close};
 
 /// Longest token accepted in a path (ours are 32 characters).
 const MAX_TOKEN_CHARS: usize = 128;
-/// Client addresses remembered by the rate limiter before it forgets idle ones.
-const MAX_TRACKED_ADDRESSES: usize = 50_000;
 /// How often an open link is checked for expiry.
 const EXPIRY_CHECK: Duration = Duration::from_secs(30);
 /// Largest message a patient may send (they have nothing to say).
 const PATIENT_MAX_MESSAGE: usize = 4 * 1024;
-
-/// Per client address token buckets for link lookups.
-#[derive(Debug, Default)]
-pub struct LinkLimiter {
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
-}
-
-impl LinkLimiter {
-    fn allow(&self, ip: IpAddr, rate_per_s: f64, burst: f64) -> bool {
-        let now = Instant::now();
-        let mut map = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.len() >= MAX_TRACKED_ADDRESSES && !map.contains_key(&ip) {
-            // Forget addresses whose buckets have refilled: they are idle.
-            map.retain(|_, b| !b.clone().take(burst, now));
-            if map.len() >= MAX_TRACKED_ADDRESSES {
-                map.clear();
-            }
-        }
-        map.entry(ip)
-            .or_insert_with(|| Bucket::new(rate_per_s, burst, now))
-            .take(1.0, now)
-    }
-}
 
 fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such tracking link")
@@ -67,11 +39,13 @@ fn token_hash(token: &str) -> Option<String> {
         && token
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    ok.then(|| {
-        crate::log::event::hex(
-            ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
-        )
-    })
+    ok.then(|| sha256_hex(token))
+}
+
+/// SHA-256 of a tracking token, hex: the only form in which it is kept.
+#[must_use]
+pub fn sha256_hex(token: &str) -> String {
+    crate::log::event::hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
 }
 
 type Opened = (
@@ -99,8 +73,7 @@ async fn open(app: &App, peer: &PeerAddr, token: &str) -> Result<Opened, ApiErro
     let hash = token_hash(token).ok_or_else(not_found)?;
     let now = UnixMillis::now();
     for tenant in app.tenants.values() {
-        if let Some(committed) = tenant.open_link(&app.store, &hash, now)? {
-            let (_, (text, rx, id)) = app.durable(tenant, committed).await?;
+        if let Some((text, rx, id)) = tenant.open_link(&hash, now).await? {
             return Ok((text, rx, tenant.id.clone(), id, hash));
         }
     }

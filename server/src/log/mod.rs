@@ -4,10 +4,12 @@
 //! - [`crypto`]: per-tenant AES-256-GCM data keys.
 //! - [`store`]: segment files, crash recovery, group commit.
 //!
-//! A tenant's chain head lives in [`TenantChain`], which the domain holds
+//! [`EventLog`] is the seam the commit path appends through; the segment
+//! store is its embedded implementation. A tenant's chain head while
+//! commands are in flight lives in [`TenantChain`], held by the commit path
 //! under the tenant's lock: numbering, sealing and hashing happen there, in
-//! the order events are handed to the store, so the file order of each
-//! tenant's events is its chain order.
+//! the order events are handed to the log, and the log refuses any stretch
+//! that does not extend the durable head, so a chain never forks or skips.
 
 pub mod crypto;
 pub mod event;
@@ -16,6 +18,7 @@ pub mod store;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::{fmt, future::Future, pin::Pin};
 
 use serde::Serialize;
 
@@ -23,10 +26,103 @@ pub use crypto::{CryptoError, DataKey};
 pub use event::{Actor, Draft, Event, EventKind, GENESIS, StoredEvent, Where};
 pub use store::{ChainChecker, Location, Pending, Store, StoreError};
 
+use crate::types::{DeliveryId, TenantId};
+
+/// The delivery log as the commit path and the readers see it. Every
+/// method speaks of durable events only.
+pub trait EventLog: Send + Sync + fmt::Debug {
+    /// Queues one command's events, a stretch of one tenant's chain. The
+    /// returned future resolves once all of them are durable, or with why
+    /// none of them is. A stretch that does not extend the tenant's durable
+    /// head when its turn comes (it follows an event that failed) is
+    /// refused unwritten.
+    fn append(&self, events: &[StoredEvent]) -> Pending;
+    /// A tenant's durable chain head `(seq, hash)`.
+    fn head(&self, tenant: &TenantId) -> Option<(u64, String)>;
+    /// One delivery's events in chain order. Blocking.
+    fn delivery_events(
+        &self,
+        tenant: &TenantId,
+        delivery: &DeliveryId,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// A tenant's events with `from <= at < to`, in chain order, until
+    /// `each` returns `false`. Blocking.
+    fn scan(
+        &self,
+        tenant: &TenantId,
+        from: i64,
+        to: i64,
+        each: &mut dyn FnMut(StoredEvent) -> bool,
+    ) -> Result<(), StoreError>;
+    /// Checks a tenant's chain as stored. Blocking.
+    fn verify(&self, tenant: &TenantId) -> Result<VerifyReport, StoreError>;
+    /// Whether the log accepts writes.
+    fn healthy(&self) -> bool;
+    /// Writes what is queued and stops.
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+impl EventLog for Store {
+    fn append(&self, events: &[StoredEvent]) -> Pending {
+        Store::append(self, events)
+    }
+
+    fn head(&self, tenant: &TenantId) -> Option<(u64, String)> {
+        Store::head(self, tenant.as_str())
+    }
+
+    fn delivery_events(
+        &self,
+        tenant: &TenantId,
+        delivery: &DeliveryId,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        Store::delivery_events(self, tenant.as_str(), delivery.as_str())
+    }
+
+    fn scan(
+        &self,
+        tenant: &TenantId,
+        from: i64,
+        to: i64,
+        each: &mut dyn FnMut(StoredEvent) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut bad = None;
+        Store::scan(self, |line, loc| {
+            match serde_json::from_slice::<StoredEvent>(line) {
+                Ok(e) if e.tenant != tenant.as_str() || e.at < from || e.at >= to => true,
+                Ok(e) => each(e),
+                Err(e) => {
+                    bad = Some(StoreError::Corrupt {
+                        segment: loc.segment,
+                        offset: loc.offset,
+                        reason: e.to_string(),
+                    });
+                    false
+                }
+            }
+        })?;
+        bad.map_or(Ok(()), Err)
+    }
+
+    fn verify(&self, tenant: &TenantId) -> Result<VerifyReport, StoreError> {
+        let mut v = Verifier::new(Some(tenant.as_str()));
+        Store::scan(self, |line, loc| v.line(line, loc))?;
+        Ok(v.finish())
+    }
+
+    fn healthy(&self) -> bool {
+        Store::healthy(self)
+    }
+
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(Store::close(self))
+    }
+}
+
 /// One tenant's chain head and data key.
 #[derive(Debug)]
 pub struct TenantChain {
-    tenant: String,
+    tenant: TenantId,
     key: Arc<DataKey>,
     seq: u64,
     hash: String,
@@ -34,7 +130,7 @@ pub struct TenantChain {
 
 impl TenantChain {
     #[must_use]
-    pub fn new(tenant: String, key: Arc<DataKey>, head: Option<(u64, String)>) -> Self {
+    pub fn new(tenant: TenantId, key: Arc<DataKey>, head: Option<(u64, String)>) -> Self {
         let (seq, hash) = head.unwrap_or_else(|| (0, GENESIS.to_owned()));
         Self {
             tenant,
@@ -42,6 +138,12 @@ impl TenantChain {
             seq,
             hash,
         }
+    }
+
+    /// The head `(seq, hash)`.
+    #[must_use]
+    pub fn head(&self) -> (u64, &str) {
+        (self.seq, &self.hash)
     }
 
     /// Moves the head to the last event found in the log.
@@ -59,7 +161,7 @@ impl TenantChain {
             .map(|w| {
                 let plain = serde_json::to_vec(&w).map_err(|_| CryptoError::Malformed)?;
                 self.key
-                    .seal(&plain, &crypto::aad(&self.tenant, seq, "where"))
+                    .seal(&plain, &crypto::aad(self.tenant.as_str(), seq, "where"))
             })
             .transpose()?;
         let data = if d.data.is_null() {
@@ -68,14 +170,14 @@ impl TenantChain {
             let plain = serde_json::to_vec(&d.data).map_err(|_| CryptoError::Malformed)?;
             Some(
                 self.key
-                    .seal(&plain, &crypto::aad(&self.tenant, seq, "data"))?,
+                    .seal(&plain, &crypto::aad(self.tenant.as_str(), seq, "data"))?,
             )
         };
         let mut stored = StoredEvent {
             seq,
-            tenant: self.tenant.clone(),
+            tenant: self.tenant.as_str().to_owned(),
             kind: d.kind,
-            delivery_id: d.delivery_id.clone(),
+            delivery_id: d.delivery_id.as_ref().map(|d| d.as_str().to_owned()),
             at: d.at,
             device_ts: d.device_ts,
             actor: d.actor.clone(),
@@ -109,8 +211,15 @@ impl TenantChain {
     }
 }
 
-/// Opens a stored event with its tenant's key.
+/// Opens a stored event with its tenant's key; its ids are parsed here, once.
 pub fn open_with(key: &DataKey, s: StoredEvent) -> Result<Event, CryptoError> {
+    let tenant = TenantId::parse(&s.tenant).map_err(|_| CryptoError::Malformed)?;
+    let delivery_id = s
+        .delivery_id
+        .as_deref()
+        .map(DeliveryId::parse)
+        .transpose()
+        .map_err(|_| CryptoError::Malformed)?;
     let where_ = s
         .where_
         .as_deref()
@@ -128,9 +237,9 @@ pub fn open_with(key: &DataKey, s: StoredEvent) -> Result<Event, CryptoError> {
     };
     Ok(Event {
         seq: s.seq,
-        tenant: s.tenant,
+        tenant,
         kind: s.kind,
-        delivery_id: s.delivery_id,
+        delivery_id,
         at: s.at,
         device_ts: s.device_ts,
         actor: s.actor,
@@ -258,7 +367,7 @@ mod tests {
     fn draft(kind: EventKind, with_where: bool) -> Draft {
         Draft {
             kind,
-            delivery_id: Some("rx-1".into()),
+            delivery_id: Some(DeliveryId::parse("rx-1").unwrap()),
             at: 1_764_072_000_000,
             device_ts: None,
             actor: Actor {
@@ -278,7 +387,7 @@ mod tests {
     #[test]
     fn chained_events_verify_and_open() {
         let key = Arc::new(DataKey::from_bytes(&[1u8; 32]).unwrap());
-        let mut chain = TenantChain::new("acme".into(), key, None);
+        let mut chain = TenantChain::new(TenantId::parse("acme").unwrap(), key, None);
         let (s1, e1) = chain
             .chain(draft(EventKind::DeliveryCreated, false))
             .unwrap();
@@ -308,7 +417,7 @@ mod tests {
     #[test]
     fn verifier_names_the_first_bad_event() {
         let key = Arc::new(DataKey::from_bytes(&[1u8; 32]).unwrap());
-        let mut chain = TenantChain::new("acme".into(), key, None);
+        let mut chain = TenantChain::new(TenantId::parse("acme").unwrap(), key, None);
         let events: Vec<_> = (0..4)
             .map(|_| {
                 chain

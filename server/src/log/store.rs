@@ -49,11 +49,15 @@ pub enum StoreError {
         reason: String,
     },
     #[error(
-        "the delivery log stopped accepting writes after an I/O error; the server must be restarted"
+        "the delivery log stopped accepting writes after an fdatasync error; the server must be restarted"
     )]
     Poisoned,
     #[error("the delivery log is shut down")]
     Closed,
+    #[error(
+        "tenant {tenant} event {seq} follows an event that was never written; nothing of it was kept"
+    )]
+    Stale { tenant: String, seq: u64 },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -185,7 +189,12 @@ pub struct Recovery {
     /// Bytes cut from a torn tail (never acknowledged).
     pub truncated_bytes: u64,
     pub heads: HashMap<String, (u64, String)>,
+    /// Where each delivery's events are, by tenant and delivery, in order.
+    pub index: DeliveryIndex,
 }
+
+/// Where each delivery's events are: (tenant, delivery) to locations in log order.
+pub type DeliveryIndex = HashMap<(String, String), Vec<Location>>;
 
 /// Reads every segment, checks the chains, cuts a torn tail of the last
 /// segment back to the last whole event, and calls `each` for every event
@@ -223,6 +232,12 @@ pub fn recover(
                         offset: offset as u64,
                         len: u32::try_from(end).unwrap_or(u32::MAX),
                     };
+                    if let Some(d) = &ev.delivery_id {
+                        rec.index
+                            .entry((ev.tenant.clone(), d.clone()))
+                            .or_default()
+                            .push(loc);
+                    }
                     each(ev, loc)?;
                     rec.events += 1;
                     offset += end + 1;
@@ -260,10 +275,17 @@ pub fn recover(
     Ok(rec)
 }
 
-/// One line to append, and who to tell once it is durable.
+/// One command's events (a stretch of one tenant's chain), and who to tell
+/// once they are durable.
 struct Append {
-    line: Vec<u8>,
-    done: oneshot::Sender<Result<Location, Arc<StoreError>>>,
+    tenant: String,
+    first_seq: u64,
+    prev: String,
+    last: (u64, String),
+    /// The events' delivery ids and line lengths (with `\n`), in order.
+    lines: Vec<(Option<String>, usize)>,
+    bytes: Vec<u8>,
+    done: oneshot::Sender<Result<(), Arc<StoreError>>>,
 }
 
 enum Msg {
@@ -278,6 +300,15 @@ struct DurableMark {
     len: u64,
 }
 
+/// What the writer shares with readers: each tenant's durable chain head,
+/// where each delivery's events are, and how far the files are durable.
+#[derive(Debug, Default)]
+struct Shared {
+    heads: HashMap<String, (u64, String)>,
+    index: DeliveryIndex,
+    mark: DurableMark,
+}
+
 /// The handle to the segment files: appends through the writer thread,
 /// reads straight from the files.
 #[derive(Debug)]
@@ -285,16 +316,27 @@ pub struct Store {
     dir: PathBuf,
     tx: mpsc::UnboundedSender<Msg>,
     poisoned: Arc<AtomicBool>,
-    durable: Arc<Mutex<DurableMark>>,
+    shared: Arc<Mutex<Shared>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// A pending append: resolves once the line is durable.
-pub type Pending = oneshot::Receiver<Result<Location, Arc<StoreError>>>;
+/// A pending append: resolves once the events are durable, or with why not
+/// (then none of them is in the log).
+pub type Pending = oneshot::Receiver<Result<(), Arc<StoreError>>>;
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 impl Store {
-    /// Opens the log folder for appending (call [`recover`] first).
-    pub fn open(dir: &Path, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+    /// Opens the log folder for appending, after [`recover`] read it.
+    pub fn open(
+        dir: &Path,
+        metrics: Arc<Metrics>,
+        recovered: Recovery,
+    ) -> Result<Self, StoreError> {
         crate::fsutil::create_private_dir(dir).map_err(io_err(dir))?;
         let segments = list_segments(dir)?;
         let segment = segments.last().copied().unwrap_or(1);
@@ -307,7 +349,11 @@ impl Store {
             .map_err(io_err(&path))?;
         crate::fsutil::sync_dir(dir).map_err(io_err(dir))?;
         let len = file.metadata().map_err(io_err(&path))?.len();
-        let durable = Arc::new(Mutex::new(DurableMark { segment, len }));
+        let shared = Arc::new(Mutex::new(Shared {
+            heads: recovered.heads,
+            index: recovered.index,
+            mark: DurableMark { segment, len },
+        }));
         let poisoned = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
@@ -316,7 +362,7 @@ impl Store {
             len,
             file,
             poisoned: poisoned.clone(),
-            durable: durable.clone(),
+            shared: shared.clone(),
             metrics,
         };
         let handle = std::thread::Builder::new()
@@ -327,24 +373,57 @@ impl Store {
             dir: dir.to_owned(),
             tx,
             poisoned,
-            durable,
+            shared,
             writer: Mutex::new(Some(handle)),
         })
     }
 
-    /// Queues a line (ending in `\n`) for the next group commit. Lines are
-    /// written in the order this is called.
+    /// Queues one command's events for the next group commit. They must
+    /// extend their tenant's durable chain once everything queued before
+    /// them is written; anything else (a stretch that follows an event
+    /// which failed) is refused. Events are written in the order this is
+    /// called, all of a call or none.
     #[must_use]
-    pub fn append(&self, line: Vec<u8>) -> Pending {
+    pub fn append(&self, events: &[StoredEvent]) -> Pending {
         let (done, rx) = oneshot::channel();
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            let _ = done.send(Ok(()));
+            return rx;
+        };
+        let mut bytes = Vec::new();
+        let mut lines = Vec::with_capacity(events.len());
+        for e in events {
+            let line = e.to_line();
+            lines.push((e.delivery_id.clone(), line.len()));
+            bytes.extend_from_slice(&line);
+        }
+        let a = Append {
+            tenant: first.tenant.clone(),
+            first_seq: first.seq,
+            prev: first.prev.clone(),
+            last: (last.seq, last.hash.clone()),
+            lines,
+            bytes,
+            done,
+        };
         if self.poisoned.load(Ordering::Acquire) {
-            let _ = done.send(Err(Arc::new(StoreError::Poisoned)));
-        } else if let Err(mpsc::error::SendError(Msg::Append(a))) =
-            self.tx.send(Msg::Append(Append { line, done }))
-        {
+            let _ = a.done.send(Err(Arc::new(StoreError::Poisoned)));
+        } else if let Err(mpsc::error::SendError(Msg::Append(a))) = self.tx.send(Msg::Append(a)) {
             let _ = a.done.send(Err(Arc::new(StoreError::Closed)));
         }
         rx
+    }
+
+    /// A tenant's durable chain head.
+    #[must_use]
+    pub fn head(&self, tenant: &str) -> Option<(u64, String)> {
+        lock(&self.shared).heads.get(tenant).cloned()
+    }
+
+    /// Every tenant's durable chain head.
+    #[must_use]
+    pub fn heads(&self) -> HashMap<String, (u64, String)> {
+        lock(&self.shared).heads.clone()
     }
 
     /// Whether the log still accepts writes.
@@ -354,7 +433,7 @@ impl Store {
     }
 
     /// Reads one line back.
-    pub fn read(&self, loc: Location) -> Result<Vec<u8>, StoreError> {
+    fn read(&self, loc: Location) -> Result<Vec<u8>, StoreError> {
         let path = segment_path(&self.dir, loc.segment);
         let f = File::open(&path).map_err(io_err(&path))?;
         let mut buf = vec![0u8; loc.len as usize];
@@ -363,13 +442,34 @@ impl Store {
         Ok(buf)
     }
 
+    /// Every durable event of one delivery, in log order. Blocking.
+    pub fn delivery_events(
+        &self,
+        tenant: &str,
+        delivery: &str,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let locations = lock(&self.shared)
+            .index
+            .get(&(tenant.to_owned(), delivery.to_owned()))
+            .cloned()
+            .unwrap_or_default();
+        locations
+            .into_iter()
+            .map(|loc| {
+                let line = self.read(loc)?;
+                serde_json::from_slice(&line).map_err(|e| StoreError::Corrupt {
+                    segment: loc.segment,
+                    offset: loc.offset,
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
     /// Calls `each` with every durable line, in log order, until it returns
     /// `false`. Blocking: call it from a blocking thread.
     pub fn scan(&self, each: impl FnMut(&[u8], Location) -> bool) -> Result<(), StoreError> {
-        let mark = *self
-            .durable
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mark = lock(&self.shared).mark;
         scan_segments(&self.dir, Some((mark.segment, mark.len)), each)
     }
 
@@ -396,8 +496,16 @@ struct Writer {
     len: u64,
     file: File,
     poisoned: Arc<AtomicBool>,
-    durable: Arc<Mutex<DurableMark>>,
+    shared: Arc<Mutex<Shared>>,
     metrics: Arc<Metrics>,
+}
+
+/// Why an append was refused before it was written.
+fn stale(a: &Append) -> StoreError {
+    StoreError::Stale {
+        tenant: a.tenant.clone(),
+        seq: a.first_seq,
+    }
 }
 
 impl Writer {
@@ -434,6 +542,9 @@ impl Writer {
         }
     }
 
+    /// Writes a group: each append must extend its tenant's chain as the
+    /// appends before it leave it (else it is refused, unwritten); the rest
+    /// are written with one `write` and made durable with one `fdatasync`.
     fn commit(&mut self, group: &mut Vec<Append>, buf: &mut Vec<u8>) {
         if self.poisoned.load(Ordering::Acquire) {
             for a in group.drain(..) {
@@ -441,62 +552,129 @@ impl Writer {
             }
             return;
         }
-        let result = self.write_group(group, buf);
+        let mut accepted = Vec::with_capacity(group.len());
+        {
+            let mut heads: HashMap<&str, (u64, &str)> = HashMap::new();
+            let shared = lock(&self.shared);
+            for (i, a) in group.iter().enumerate() {
+                let head = heads.get(a.tenant.as_str()).copied().unwrap_or_else(|| {
+                    shared
+                        .heads
+                        .get(&a.tenant)
+                        .map_or((0, GENESIS), |(s, h)| (*s, h.as_str()))
+                });
+                if a.first_seq == head.0 + 1 && a.prev == head.1 {
+                    heads.insert(a.tenant.as_str(), (a.last.0, a.last.1.as_str()));
+                    accepted.push(i);
+                }
+            }
+        }
+        let result = self.write_group(group, &accepted, buf);
+        let mut accepted = accepted.into_iter().peekable();
         match result {
             Ok(locations) => {
-                self.metrics.log_appends.inc_by(group.len() as u64);
-                self.metrics.log_group_size.observe(group.len() as f64);
-                for (a, loc) in group.drain(..).zip(locations) {
-                    let _ = a.done.send(Ok(loc));
+                let events: usize = locations.iter().map(Vec::len).sum();
+                self.metrics.log_appends.inc_by(events as u64);
+                self.metrics.log_group_size.observe(events as f64);
+                let mut locations = locations.into_iter();
+                let mut shared = lock(&self.shared);
+                shared.mark = DurableMark {
+                    segment: self.segment,
+                    len: self.len,
+                };
+                for (i, a) in group.drain(..).enumerate() {
+                    if accepted.next_if_eq(&i).is_none() {
+                        let why = Arc::new(stale(&a));
+                        let _ = a.done.send(Err(why));
+                        continue;
+                    }
+                    let locs = locations.next().unwrap_or_default();
+                    for ((delivery, _), loc) in a.lines.iter().zip(locs) {
+                        if let Some(d) = delivery {
+                            shared
+                                .index
+                                .entry((a.tenant.clone(), d.clone()))
+                                .or_default()
+                                .push(loc);
+                        }
+                    }
+                    shared.heads.insert(a.tenant.clone(), a.last.clone());
+                    let _ = a.done.send(Ok(()));
                 }
             }
             Err(e) => {
-                // After a failed write or fsync the file's state is unknown
-                // (fsync errors are not retryable): refuse all further writes.
-                tracing::error!(error = %e, "delivery log write failed; refusing further writes");
-                self.poisoned.store(true, Ordering::Release);
                 self.metrics.log_write_errors.inc();
                 let e = Arc::new(e);
-                for a in group.drain(..) {
-                    let _ = a.done.send(Err(e.clone()));
+                for (i, a) in group.drain(..).enumerate() {
+                    let why = if accepted.next_if_eq(&i).is_some() {
+                        e.clone()
+                    } else {
+                        Arc::new(stale(&a))
+                    };
+                    let _ = a.done.send(Err(why));
                 }
             }
         }
     }
 
+    /// Writes the accepted appends; returns where each one's lines are.
+    /// A failed write (a full disk) is cut back, so the file ends where the
+    /// durable log ends and later appends can go on once there is room; a
+    /// failed cut or `fdatasync` leaves the file's state unknown (fsync
+    /// errors are not retryable), so the log refuses all further writes.
     fn write_group(
         &mut self,
         group: &[Append],
+        accepted: &[usize],
         buf: &mut Vec<u8>,
-    ) -> Result<Vec<Location>, StoreError> {
+    ) -> Result<Vec<Vec<Location>>, StoreError> {
+        if accepted.is_empty() {
+            return Ok(Vec::new());
+        }
         if self.len >= SEGMENT_MAX_BYTES {
             self.rotate()?;
         }
         buf.clear();
-        let mut locations = Vec::with_capacity(group.len());
-        for a in group {
-            locations.push(Location {
-                segment: self.segment,
-                offset: self.len + buf.len() as u64,
-                len: u32::try_from(a.line.len().saturating_sub(1)).unwrap_or(u32::MAX),
-            });
-            buf.extend_from_slice(&a.line);
+        let mut locations = Vec::with_capacity(accepted.len());
+        for &i in accepted {
+            let a = &group[i];
+            let mut at = self.len + buf.len() as u64;
+            let mut locs = Vec::with_capacity(a.lines.len());
+            for (_, n) in &a.lines {
+                locs.push(Location {
+                    segment: self.segment,
+                    offset: at,
+                    len: u32::try_from(n.saturating_sub(1)).unwrap_or(u32::MAX),
+                });
+                at += *n as u64;
+            }
+            locations.push(locs);
+            buf.extend_from_slice(&a.bytes);
         }
         let path = segment_path(&self.dir, self.segment);
-        self.file.write_all(buf).map_err(io_err(&path))?;
+        if let Err(e) = self.file.write_all(buf) {
+            let cut = self
+                .file
+                .set_len(self.len)
+                .and_then(|()| self.file.sync_data());
+            if let Err(cut) = cut {
+                tracing::error!(error = %cut, "cutting a failed write from the delivery log failed; refusing further writes");
+                self.poisoned.store(true, Ordering::Release);
+            } else {
+                tracing::error!(error = %e, "a delivery log write failed (nothing of it was kept); later writes are tried again");
+            }
+            return Err(io_err(&path)(e));
+        }
         let started = Instant::now();
-        self.file.sync_data().map_err(io_err(&path))?;
+        if let Err(e) = self.file.sync_data() {
+            tracing::error!(error = %e, "delivery log fdatasync failed; refusing further writes");
+            self.poisoned.store(true, Ordering::Release);
+            return Err(io_err(&path)(e));
+        }
         self.metrics
             .log_fsync_seconds
             .observe(started.elapsed().as_secs_f64());
         self.len += buf.len() as u64;
-        *self
-            .durable
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = DurableMark {
-            segment: self.segment,
-            len: self.len,
-        };
         Ok(locations)
     }
 

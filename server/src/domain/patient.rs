@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::deliveries::Status;
-use crate::eta::Window;
+use super::eta::Window;
+use super::status::Status;
 
 /// The snapshot behind `GET /v1/track/{token}` and each message of its
 /// WebSocket. `updating` (an addition to the contract) is true when the

@@ -1,0 +1,259 @@
+//! The bus: how what a node decided reaches the sockets that watch it.
+//!
+//! [`Bus`] is the seam; [`LocalBus`] is the in-process implementation (one
+//! node). The commit path publishes to it from one place, after the events
+//! are durable and while it still holds the tenant's lock, so each
+//! audience sees a tenant's changes in log order.
+//!
+//! Guarantees, by kind of message:
+//! - **Positions** ([`Bus::position`]): latest wins. A dispatcher socket
+//!   that falls behind skips intermediate positions; nobody waits for it.
+//! - **Events and delivery changes** ([`Bus::event`], [`Bus::delivery`]):
+//!   only durable ones, in log order, never dropped for a subscriber that
+//!   keeps up. A subscriber whose queue is full is cut off (its socket
+//!   closes with 4410) and resynchronises from a snapshot.
+//! - **Patient views** ([`Bus::patient`]): latest wins; a subscriber
+//!   always ends on the newest view. [`Bus::close_patient`] ends every
+//!   socket of a revoked link.
+//! - **Kicks** ([`Bus::kick_device`]): end a device's live session (a
+//!   revoke, or a newer login of the same device).
+//!
+//! Every method is non-blocking: the commit path calls them under a lock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::dispatch::Hub;
+use crate::domain::{Event, PatientSnapshot, Status, eta};
+use crate::metrics::Metrics;
+use crate::protocol::Fix;
+use crate::types::{DeliveryId, DeviceId, SubjectId, TenantId};
+
+/// Where a delivery stands, as dispatchers are told.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeliveryChange {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: DeliveryId,
+    pub status: Status,
+    pub driver_id: Option<SubjectId>,
+    /// The window the patient sees.
+    pub eta: Option<eta::Window>,
+    /// The estimate behind it.
+    pub eta_at: Option<i64>,
+}
+
+/// Why a session was ended from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    Replaced,
+    Revoked,
+}
+
+/// A device's live session: kicked through its receiver.
+#[derive(Debug)]
+pub struct Session {
+    pub id: u64,
+    pub kicked: oneshot::Receiver<Kick>,
+}
+
+/// What a dispatcher socket reads: the events and delivery changes, and
+/// the tenant's position board.
+#[derive(Debug)]
+pub struct DispatcherFeed {
+    pub events: mpsc::Receiver<Utf8Bytes>,
+    pub positions: Arc<Hub>,
+}
+
+/// The seam between the commit path and the sockets. See the module
+/// documentation for the guarantee of each kind of message.
+pub trait Bus: Send + Sync + std::fmt::Debug {
+    fn position(&self, tenant: &TenantId, driver: &SubjectId, fix: &Fix);
+    fn event(&self, tenant: &TenantId, event: &Event);
+    fn delivery(&self, tenant: &TenantId, change: &DeliveryChange);
+    fn patient(&self, tenant: &TenantId, id: &DeliveryId, view: &PatientSnapshot);
+    fn close_patient(&self, tenant: &TenantId, id: &DeliveryId);
+    fn subscribe_dispatcher(&self, tenant: &TenantId) -> Option<DispatcherFeed>;
+    /// Subscribes to a delivery's patient views, starting from `current`.
+    fn subscribe_patient(
+        &self,
+        tenant: &TenantId,
+        id: &DeliveryId,
+        current: &PatientSnapshot,
+    ) -> watch::Receiver<Utf8Bytes>;
+    /// Registers a device's live session; an older one of the same device
+    /// is kicked as replaced.
+    fn open_session(&self, tenant: &TenantId, device: &DeviceId) -> Session;
+    /// Forgets a session that ended (if it is still the device's).
+    fn close_session(&self, tenant: &TenantId, device: &DeviceId, session: u64);
+    fn kick_device(&self, tenant: &TenantId, device: &DeviceId, why: Kick);
+    /// Whether the device has a live session.
+    fn connected(&self, tenant: &TenantId, device: &DeviceId) -> bool;
+}
+
+type Key<T> = (TenantId, T);
+/// A live session: its id, and how to kick it.
+type Live = (u64, oneshot::Sender<Kick>);
+
+/// The in-process bus of a single node.
+#[derive(Debug)]
+pub struct LocalBus {
+    hubs: HashMap<TenantId, Arc<Hub>>,
+    patients: Mutex<HashMap<Key<DeliveryId>, watch::Sender<Utf8Bytes>>>,
+    sessions: Mutex<HashMap<Key<DeviceId>, Live>>,
+    next_session: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl LocalBus {
+    #[must_use]
+    pub fn new(tenants: impl IntoIterator<Item = TenantId>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            hubs: tenants
+                .into_iter()
+                .map(|t| (t, Arc::new(Hub::default())))
+                .collect(),
+            patients: Mutex::default(),
+            sessions: Mutex::default(),
+            next_session: AtomicU64::new(1),
+            metrics,
+        }
+    }
+
+    fn offer(&self, tenant: &TenantId, text: &Utf8Bytes) {
+        if let Some(hub) = self.hubs.get(tenant) {
+            let dropped = hub.publish(text);
+            self.metrics.slow_closes.inc_by(dropped as u64);
+        }
+    }
+}
+
+impl Bus for LocalBus {
+    fn position(&self, tenant: &TenantId, driver: &SubjectId, fix: &Fix) {
+        if let Some(hub) = self.hubs.get(tenant) {
+            hub.position(driver, fix);
+        }
+    }
+
+    fn event(&self, tenant: &TenantId, event: &Event) {
+        let mut v = serde_json::to_value(event).unwrap_or(serde_json::Value::Null);
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("type".into(), "event".into());
+        }
+        self.offer(tenant, &Utf8Bytes::from(v.to_string()));
+    }
+
+    fn delivery(&self, tenant: &TenantId, change: &DeliveryChange) {
+        if let Ok(text) = serde_json::to_string(change) {
+            self.offer(tenant, &Utf8Bytes::from(text));
+        }
+    }
+
+    fn patient(&self, tenant: &TenantId, id: &DeliveryId, view: &PatientSnapshot) {
+        let mut map = self.patients.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (tenant.clone(), id.clone());
+        if let Some(tx) = map.get(&key) {
+            if tx.receiver_count() == 0 {
+                map.remove(&key);
+            } else {
+                tx.send_replace(Utf8Bytes::from(view.encode()));
+            }
+        }
+    }
+
+    fn close_patient(&self, tenant: &TenantId, id: &DeliveryId) {
+        // Dropping the sender ends every open tracking socket of the link.
+        self.patients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(tenant.clone(), id.clone()));
+    }
+
+    fn subscribe_dispatcher(&self, tenant: &TenantId) -> Option<DispatcherFeed> {
+        let hub = self.hubs.get(tenant)?;
+        Some(DispatcherFeed {
+            events: hub.subscribe(),
+            positions: hub.clone(),
+        })
+    }
+
+    fn subscribe_patient(
+        &self,
+        tenant: &TenantId,
+        id: &DeliveryId,
+        current: &PatientSnapshot,
+    ) -> watch::Receiver<Utf8Bytes> {
+        // An open channel already carries `current`: views are published
+        // and subscribed to under the tenant's lock.
+        let mut map = self.patients.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry((tenant.clone(), id.clone()))
+            .or_insert_with(|| watch::channel(Utf8Bytes::from(current.encode())).0)
+            .subscribe()
+    }
+
+    fn open_session(&self, tenant: &TenantId, device: &DeviceId) -> Session {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (tx, kicked) = oneshot::channel();
+        let old = self
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((tenant.clone(), device.clone()), (id, tx));
+        if let Some((_, old)) = old {
+            let _ = old.send(Kick::Replaced);
+        }
+        Session { id, kicked }
+    }
+
+    fn close_session(&self, tenant: &TenantId, device: &DeviceId, session: u64) {
+        let mut map = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (tenant.clone(), device.clone());
+        if map.get(&key).is_some_and(|(id, _)| *id == session) {
+            map.remove(&key);
+        }
+    }
+
+    fn kick_device(&self, tenant: &TenantId, device: &DeviceId, why: Kick) {
+        let session = self
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(tenant.clone(), device.clone()));
+        if let Some((_, tx)) = session {
+            let _ = tx.send(why);
+        }
+    }
+
+    fn connected(&self, tenant: &TenantId, device: &DeviceId) -> bool {
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&(tenant.clone(), device.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_replace_and_kick() {
+        let bus = LocalBus::new([], Arc::new(Metrics::new()));
+        let t = TenantId::parse("acme").unwrap();
+        let d = DeviceId::parse("phone").unwrap();
+        let mut first = bus.open_session(&t, &d);
+        let mut second = bus.open_session(&t, &d);
+        assert_eq!(first.kicked.try_recv(), Ok(Kick::Replaced));
+        // The first session's end does not forget the second.
+        bus.close_session(&t, &d, first.id);
+        assert!(bus.connected(&t, &d));
+        bus.kick_device(&t, &d, Kick::Revoked);
+        assert_eq!(second.kicked.try_recv(), Ok(Kick::Revoked));
+        assert!(!bus.connected(&t, &d));
+    }
+}

@@ -1,0 +1,495 @@
+//! One tenant and its commit path: the only place its state changes.
+//!
+//! ```text
+//! lock ─► decide (against `decided`: durable + in flight) ─► chain
+//!      ─► queue the append ─► unlock ─► await durable
+//!      ─► lock ─► apply to `visible` (in log order) ─► publish ─► unlock ─► answer
+//! ```
+//!
+//! Two books are kept. `decided` holds the durable events and those still
+//! in flight, so two commands racing on one delivery cannot both pass the
+//! status machine. `visible` (with the read model that follows it) holds
+//! durable events only: it is what every reader and every socket sees, and
+//! the bus is fed from it, after durability, under the lock, in log order.
+//!
+//! A failed append applies nothing: the log refuses it and every stretch
+//! of the chain queued behind it (they extend an event that was never
+//! written), and whoever sees the failure first resets `decided` and the
+//! chain head to what is durable. A retry then starts from there.
+//!
+//! The wait for durability runs in a task of its own, so a caller that goes
+//! away (a client hanging up) never leaves a durable event unapplied.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::bus::{Bus, DeliveryChange, Kick};
+use crate::domain::{
+    Book, CreateDelivery, DomainError, Draft, Event, EventKind, Principal, Record, Status,
+    StatusChange, Track, Tracker, eta::EtaConfig,
+};
+use crate::log::{CryptoError, DataKey, EventLog, GENESIS, StoredEvent, TenantChain};
+use crate::metrics::Metrics;
+use crate::protocol::Fix;
+use crate::types::{DeliveryId, DeviceId, SubjectId, TenantId, UnixMillis};
+
+/// Why a command did not take effect.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("sealing the event failed: {0}")]
+    Seal(#[from] CryptoError),
+    #[error("the delivery log could not make the change durable: {0}")]
+    Log(String),
+}
+
+/// A chained event waiting to be durable.
+#[derive(Debug)]
+struct Flight {
+    ticket: u64,
+    event: Event,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Durable events: what readers see.
+    visible: Book,
+    tracker: Tracker,
+    /// Durable events and those in flight: what commands decide against.
+    decided: Book,
+    /// The chain head over `decided`.
+    chain: TenantChain,
+    in_flight: VecDeque<Flight>,
+    next_ticket: u64,
+}
+
+/// What a command's `decide` may read and touch: the books (read only) and
+/// the read model (a driver's fixes move its detector and ETA).
+#[derive(Debug)]
+pub struct Decide<'a> {
+    pub visible: &'a Book,
+    pub decided: &'a Book,
+    pub tracker: &'a mut Tracker,
+}
+
+/// A tenant: its id, its log and bus, and its state behind one private lock.
+#[derive(Debug)]
+pub struct Tenant {
+    pub id: TenantId,
+    /// The tenant's data key, to open its events outside the lock.
+    pub key: Arc<DataKey>,
+    log: Arc<dyn EventLog>,
+    bus: Arc<dyn Bus>,
+    metrics: Arc<Metrics>,
+    inner: Mutex<Inner>,
+}
+
+/// The state of a tracking link that was opened.
+pub type OpenedLink = (Utf8Bytes, watch::Receiver<Utf8Bytes>, DeliveryId);
+
+/// A tenant's state as the log rebuilds it at start-up, before the node
+/// serves anyone.
+#[derive(Debug)]
+pub struct Replayed {
+    key: Arc<DataKey>,
+    visible: Book,
+    tracker: Tracker,
+}
+
+impl Replayed {
+    /// An empty state with the tenant's configuration: the link grace
+    /// period, the ETA tunables, the road network (if any) and the name
+    /// patients see.
+    #[must_use]
+    pub fn new(
+        key: Arc<DataKey>,
+        link_grace_ms: i64,
+        eta: EtaConfig,
+        network: Option<Arc<roads::Network>>,
+        display_name: Option<Arc<str>>,
+    ) -> Self {
+        let mut visible = Book::default();
+        visible.set_link_grace_ms(link_grace_ms);
+        let mut tracker = Tracker::default();
+        tracker.configure(eta, network, display_name);
+        Self {
+            key,
+            visible,
+            tracker,
+        }
+    }
+
+    /// Applies one durable event.
+    pub fn replay(&mut self, stored: StoredEvent) -> Result<(), CryptoError> {
+        let event = crate::log::open_with(&self.key, stored)?;
+        let change = self.visible.apply(&event);
+        self.tracker
+            .react(&self.visible, change, UnixMillis(event.at));
+        Ok(())
+    }
+
+    /// Deliveries not yet final.
+    #[must_use]
+    pub fn active_count(&self) -> usize {
+        self.visible.active_count()
+    }
+}
+
+impl Tenant {
+    /// The tenant, serving from its replayed state; its chain goes on from
+    /// the log's durable head.
+    #[must_use]
+    pub fn new(
+        id: TenantId,
+        mut state: Replayed,
+        log: Arc<dyn EventLog>,
+        bus: Arc<dyn Bus>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let head = log.head(&id);
+        let chain = TenantChain::new(id.clone(), state.key.clone(), head);
+        state.tracker.take_outputs();
+        Self {
+            id,
+            key: state.key,
+            log,
+            bus,
+            metrics,
+            inner: Mutex::new(Inner {
+                decided: state.visible.clone(),
+                visible: state.visible,
+                tracker: state.tracker,
+                chain,
+                in_flight: VecDeque::new(),
+                next_ticket: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads the durable state. Never hold on to what it returns a reference to.
+    pub fn read<R>(&self, f: impl FnOnce(&Book, &Tracker) -> R) -> R {
+        let g = self.lock();
+        f(&g.visible, &g.tracker)
+    }
+
+    /// Runs a command through the commit path (see the module documentation).
+    async fn commit<T: Send + 'static>(
+        self: &Arc<Self>,
+        decide: impl FnOnce(Decide<'_>) -> Result<(Vec<Draft>, T), DomainError>,
+    ) -> Result<T, CommitError> {
+        let (pending, ticket, value) = {
+            let mut g = self.lock();
+            let inner = &mut *g;
+            let (drafts, value) = decide(Decide {
+                visible: &inner.visible,
+                decided: &inner.decided,
+                tracker: &mut inner.tracker,
+            })?;
+            // Patient views and estimates that moved with a fix go out at
+            // once: they are not events.
+            self.publish_outputs(inner, &HashSet::new());
+            if drafts.is_empty() {
+                return Ok(value);
+            }
+            let (seq, hash) = inner.chain.head();
+            let (seq, hash) = (seq, hash.to_owned());
+            let mut stored = Vec::with_capacity(drafts.len());
+            let mut events = Vec::with_capacity(drafts.len());
+            for d in drafts {
+                match inner.chain.chain(d) {
+                    Ok((s, e)) => {
+                        stored.push(s);
+                        events.push(e);
+                    }
+                    Err(e) => {
+                        inner.chain.set_head(seq, hash);
+                        return Err(e.into());
+                    }
+                }
+            }
+            inner.next_ticket += 1;
+            let ticket = inner.next_ticket;
+            for event in events {
+                inner.decided.apply(&event);
+                inner.in_flight.push_back(Flight { ticket, event });
+            }
+            (self.log.append(&stored), ticket, value)
+        };
+        // Settled in a task of its own: a caller that goes away never
+        // leaves a durable event unapplied.
+        let me = self.clone();
+        let settled = tokio::spawn(async move {
+            let outcome = pending
+                .await
+                .unwrap_or_else(|_| Err(Arc::new(crate::log::StoreError::Closed)));
+            let mut g = me.lock();
+            match outcome {
+                Ok(()) => {
+                    me.settle(&mut g, ticket);
+                    Ok(())
+                }
+                Err(e) => {
+                    if g.in_flight.iter().any(|f| f.ticket == ticket) {
+                        me.fall_back(&mut g);
+                    }
+                    Err(CommitError::Log(e.to_string()))
+                }
+            }
+        });
+        match settled.await {
+            Ok(Ok(())) => Ok(value),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(CommitError::Log("the commit task failed".into())),
+        }
+    }
+
+    /// Applies every event in flight up to `ticket` (all durable: the log
+    /// writes in order and refuses anything after a failure) and publishes.
+    fn settle(&self, inner: &mut Inner, ticket: u64) {
+        let before = inner.visible.active_count();
+        let mut events = Vec::new();
+        while inner.in_flight.front().is_some_and(|f| f.ticket <= ticket) {
+            if let Some(f) = inner.in_flight.pop_front() {
+                let change = inner.visible.apply(&f.event);
+                inner
+                    .tracker
+                    .react(&inner.visible, change, UnixMillis(f.event.at));
+                events.push(f.event);
+            }
+        }
+        let after = inner.visible.active_count();
+        self.metrics
+            .deliveries_active
+            .add(i64::try_from(after).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(0));
+        let mut told = HashSet::new();
+        for e in &events {
+            self.bus.event(&self.id, e);
+            // Only events that change a delivery warrant a delivery message.
+            if matches!(
+                e.kind,
+                EventKind::LinkOpened | EventKind::LinkRevoked | EventKind::LogExported
+            ) {
+                continue;
+            }
+            if let Some(id) = &e.delivery_id {
+                self.publish_delivery(inner, id);
+                told.insert(id.clone());
+            }
+        }
+        self.publish_outputs(inner, &told);
+    }
+
+    /// After a failed append: what is durable is applied, the rest of what
+    /// was in flight is dropped (the log refuses it), and commands decide
+    /// from the durable state again.
+    fn fall_back(&self, inner: &mut Inner) {
+        let (seq, hash) = self
+            .log
+            .head(&self.id)
+            .unwrap_or_else(|| (0, GENESIS.to_owned()));
+        let durable = inner
+            .in_flight
+            .iter()
+            .take_while(|f| f.event.seq <= seq)
+            .last()
+            .map(|f| f.ticket);
+        if let Some(t) = durable {
+            self.settle(inner, t);
+        }
+        let dropped = inner.in_flight.len();
+        inner.in_flight.clear();
+        inner.decided = inner.visible.clone();
+        inner.chain.set_head(seq, hash);
+        tracing::warn!(
+            tenant = %self.id,
+            dropped,
+            "an append failed; commands in flight were refused and the tenant decides from the durable log again"
+        );
+    }
+
+    fn publish_delivery(&self, inner: &Inner, id: &DeliveryId) {
+        if let Some(change) = delivery_change(&inner.visible, &inner.tracker, id) {
+            self.bus.delivery(&self.id, &change);
+        }
+    }
+
+    /// Hands what the read model moved to the bus. `told`: deliveries whose
+    /// delivery message already went out with an event.
+    fn publish_outputs(&self, inner: &mut Inner, told: &HashSet<DeliveryId>) {
+        let out = inner.tracker.take_outputs();
+        if out.is_empty() {
+            return;
+        }
+        for id in &out.patients {
+            if let Some(t) = inner.tracker.track(id) {
+                self.bus.patient(&self.id, id, &t.snapshot);
+            }
+        }
+        for id in out.changed.iter().filter(|id| !told.contains(*id)) {
+            self.publish_delivery(inner, id);
+        }
+        for id in &out.closed_links {
+            self.bus.close_patient(&self.id, id);
+        }
+        for d in &out.revoked {
+            self.bus.kick_device(&self.id, d, Kick::Revoked);
+        }
+    }
+
+    /// Creates a delivery; returns its id. `token_sha256`: the hash of its
+    /// tracking token.
+    pub async fn create(
+        self: &Arc<Self>,
+        who: &Principal,
+        req: CreateDelivery,
+        token_sha256: String,
+        now: UnixMillis,
+    ) -> Result<DeliveryId, CommitError> {
+        self.commit(|s| s.decided.decide_create(who, req, token_sha256, now))
+            .await
+    }
+
+    /// Replaces a driver's ordered stops; returns them as they now stand.
+    pub async fn assign_route(
+        self: &Arc<Self>,
+        who: &Principal,
+        driver: &SubjectId,
+        stops: &[DeliveryId],
+        now: UnixMillis,
+    ) -> Result<Vec<DeliveryId>, CommitError> {
+        self.commit(|s| Ok((s.decided.decide_route(who, driver, stops, now)?, ())))
+            .await?;
+        Ok(self.read(|b, _| b.route(driver).to_vec()))
+    }
+
+    /// Changes a delivery's status through the status machine.
+    pub async fn change_status(
+        self: &Arc<Self>,
+        who: &Principal,
+        id: &DeliveryId,
+        change: StatusChange,
+        reason: Option<String>,
+        now: UnixMillis,
+    ) -> Result<Status, CommitError> {
+        self.commit(|s| s.decided.decide_status(who, id, change, reason, now))
+            .await
+    }
+
+    /// Revokes a device: its tokens are refused and its session ends.
+    pub async fn revoke_device(
+        self: &Arc<Self>,
+        who: &Principal,
+        device: &DeviceId,
+        now: UnixMillis,
+    ) -> Result<bool, CommitError> {
+        self.commit(|s| s.decided.decide_revoke_device(who, device, now))
+            .await
+    }
+
+    /// Revokes a delivery's tracking link: it answers 404 from now on.
+    pub async fn revoke_link(
+        self: &Arc<Self>,
+        who: &Principal,
+        id: &DeliveryId,
+        now: UnixMillis,
+    ) -> Result<(), CommitError> {
+        self.commit(|s| Ok((s.decided.decide_revoke_link(who, id, now)?, ())))
+            .await
+    }
+
+    /// Records an export in the log (accounting of disclosures).
+    pub async fn log_exported(
+        self: &Arc<Self>,
+        who: &Principal,
+        from: i64,
+        to: i64,
+        now: UnixMillis,
+    ) -> Result<(), CommitError> {
+        self.commit(|_| Ok((vec![Book::decide_export(who, from, to, now)?], ())))
+            .await
+    }
+
+    /// Feeds a driver's accepted fixes to its detector and ETA; resolves
+    /// once the events they caused are durable.
+    pub async fn observe(
+        self: &Arc<Self>,
+        who: &Principal,
+        fixes: &[Fix],
+        now: UnixMillis,
+    ) -> Result<(), CommitError> {
+        self.commit(|s| {
+            let drafts = s.tracker.observe(s.visible, s.decided, who, fixes, now);
+            Ok((drafts, ()))
+        })
+        .await
+    }
+
+    /// Opens a tracking link: records `link.opened` durably, then returns
+    /// the patient's current view and a subscription to later ones. `None`:
+    /// no link of this token is valid.
+    pub async fn open_link(
+        self: &Arc<Self>,
+        token_sha256: &str,
+        now: UnixMillis,
+    ) -> Result<Option<OpenedLink>, CommitError> {
+        let opened = self
+            .commit(|s| {
+                Ok(match s.decided.decide_open_link(token_sha256, now) {
+                    Some((draft, id)) => (vec![draft], Some(id)),
+                    None => (Vec::new(), None),
+                })
+            })
+            .await?;
+        let Some(id) = opened else {
+            return Ok(None);
+        };
+        let g = self.lock();
+        let Some(track) = g
+            .visible
+            .link(token_sha256, now)
+            .and_then(|_| g.tracker.track(&id))
+        else {
+            return Ok(None);
+        };
+        let rx = self.bus.subscribe_patient(&self.id, &id, &track.snapshot);
+        let text = rx.borrow().clone();
+        Ok(Some((text, rx, id)))
+    }
+
+    /// Whether a tracking link is still valid (for open sockets).
+    #[must_use]
+    pub fn link_is_valid(&self, token_sha256: &str, now: UnixMillis) -> bool {
+        self.read(|b, _| b.link(token_sha256, now).is_some())
+    }
+
+    /// Marks quiet drivers' patients as "updating" and publishes what moved.
+    pub fn refresh_quiet(&self, now: UnixMillis) {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        inner.tracker.refresh_quiet(&inner.visible, now);
+        self.publish_outputs(inner, &HashSet::new());
+    }
+}
+
+/// Where a delivery stands, for dispatchers.
+#[must_use]
+pub fn delivery_change(book: &Book, tracker: &Tracker, id: &DeliveryId) -> Option<DeliveryChange> {
+    let d: &Record = book.delivery(id)?;
+    let t: Option<&Track> = tracker.track(id);
+    Some(DeliveryChange {
+        kind: "delivery",
+        id: d.id.clone(),
+        status: d.status,
+        driver_id: d.driver.clone(),
+        eta: t.and_then(|t| t.snapshot.eta),
+        eta_at: t.and_then(|t| t.eta).map(|e| e.0),
+    })
+}
