@@ -23,7 +23,7 @@ use crate::domain::{Action, CreateDelivery, DomainError, StatusChange};
 use crate::error::ApiError;
 use crate::log::{self, Event};
 use crate::tenant::Tenant;
-use crate::types::{DeliveryId, DeviceId, SubjectId, UnixMillis};
+use crate::types::{DeliveryId, DeviceId, SubjectId};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -36,13 +36,15 @@ fn principal(app: &App, headers: &HeaderMap) -> ApiResult<Principal> {
             "send Authorization: Bearer <token>",
         )
     })?;
-    app.verifier.verify(&token, UnixMillis::now()).map_err(|e| {
-        app.metrics
-            .auth_failures
-            .with_label_values(&[e.reason()])
-            .inc();
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
-    })
+    app.verifier
+        .verify(&token, crate::clock::now())
+        .map_err(|e| {
+            app.metrics
+                .auth_failures
+                .with_label_values(&[e.reason()])
+                .inc();
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+        })
 }
 
 /// The role table's answer, before any body is read.
@@ -51,7 +53,7 @@ fn require(p: &Principal, action: Action) -> ApiResult<()> {
 }
 
 fn require_fresh(p: &Principal) -> ApiResult<()> {
-    if p.freshly_authenticated(UnixMillis::now()) {
+    if p.freshly_authenticated(crate::clock::now()) {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -266,7 +268,7 @@ async fn create_delivery(
     let t = tenant(&app, &p)?;
     let token = new_tracking_token()?;
     let hash = crate::track::sha256_hex(&token);
-    let id = t.create(&p, req, hash, UnixMillis::now()).await?;
+    let id = t.create(&p, req, hash, crate::clock::now()).await?;
     let tracking_url = format!("{}/t/{token}", base_url(&app, &headers));
     Ok((
         StatusCode::CREATED,
@@ -353,7 +355,7 @@ async fn change_status(
     let b: StatusBody = json_body(&app, body).await?;
     let t = tenant(&app, &p)?;
     let status = t
-        .change_status(&p, &id, b.status, b.reason, UnixMillis::now())
+        .change_status(&p, &id, b.status, b.reason, crate::clock::now())
         .await?;
     Ok(axum::Json(serde_json::json!({"id": id, "status": status})).into_response())
 }
@@ -376,7 +378,7 @@ async fn assign_route(
     let b: RouteBody = json_body(&app, body).await?;
     let t = tenant(&app, &p)?;
     let stops = t
-        .assign_route(&p, &driver, &b.stops, UnixMillis::now())
+        .assign_route(&p, &driver, &b.stops, crate::clock::now())
         .await?;
     Ok(axum::Json(serde_json::json!({"driver_id": driver, "stops": stops})).into_response())
 }
@@ -412,7 +414,7 @@ async fn export(
     }
     let t = tenant(&app, &p)?;
     // The export is itself recorded, durably, before any data leaves.
-    t.log_exported(&p, from, to, UnixMillis::now()).await?;
+    t.log_exported(&p, from, to, crate::clock::now()).await?;
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_CHANNEL);
     let key = t.key.clone();
@@ -510,7 +512,7 @@ async fn revoke_device(
     let did = parse_id(&did, DeviceId::parse)?;
     let t = tenant(&app, &p)?;
     // Its live session is kicked by the commit path, once the revoke is durable.
-    t.revoke_device(&p, &did, UnixMillis::now()).await?;
+    t.revoke_device(&p, &did, crate::clock::now()).await?;
     Ok(axum::Json(serde_json::json!({"device_id": did, "revoked": true})).into_response())
 }
 
@@ -523,7 +525,7 @@ async fn revoke_link(
     require(&p, Action::RevokeLink)?;
     let id = parse_id(&id, DeliveryId::parse)?;
     let t = tenant(&app, &p)?;
-    t.revoke_link(&p, &id, UnixMillis::now()).await?;
+    t.revoke_link(&p, &id, crate::clock::now()).await?;
     Ok(axum::Json(serde_json::json!({"id": id, "link_revoked": true})).into_response())
 }
 

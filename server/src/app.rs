@@ -162,7 +162,7 @@ impl App {
         token: Option<&str>,
     ) -> Result<crate::auth::Principal, crate::auth::AuthError> {
         token.map_or(Err(crate::auth::AuthError::Missing), |t| {
-            self.verifier.verify(t, crate::types::UnixMillis::now())
+            self.verifier.verify(t, crate::clock::now())
         })
     }
 }

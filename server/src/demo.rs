@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use crate::app::App;
 use crate::auth::{AUDIENCE, Claims, Principal, Role, mint_hs256};
 use crate::domain::{CreateDelivery, Fence, Recipient, StatusChange};
-use crate::types::{DeliveryId, SubjectId, TenantId, UnixMillis};
+use crate::types::{DeliveryId, SubjectId, TenantId};
 
 /// Central Helsinki's streets (© OpenStreetMap contributors, ODbL 1.0).
 const HELSINKI: &[u8] = roads::HELSINKI;
@@ -45,7 +45,7 @@ fn tracking_token() -> anyhow::Result<String> {
 /// the node shuts down. Returns the first tracking URLs to show.
 pub async fn start(app: Arc<App>, addr: SocketAddr, drivers: usize) -> anyhow::Result<Vec<String>> {
     let graph = RoadGraph::from_pbf_bytes(HELSINKI, "helsinki-center.osm.pbf")?;
-    let now = UnixMillis::now();
+    let now = crate::clock::now();
     let cfg = SimConfig {
         drivers,
         stops_per_driver: STOPS,
@@ -95,14 +95,14 @@ pub async fn start(app: Arc<App>, addr: SocketAddr, drivers: usize) -> anyhow::R
             };
             let hash = crate::track::sha256_hex(&token);
             tenant
-                .create(&dispatcher, req, hash, UnixMillis::now())
+                .create(&dispatcher, req, hash, crate::clock::now())
                 .await?;
             urls.push(format!("http://{addr}/t/{token}"));
             stops.push(id);
         }
         let driver = SubjectId::parse(&format!("driver-{}", d.index))?;
         tenant
-            .assign_route(&dispatcher, &driver, &stops, UnixMillis::now())
+            .assign_route(&dispatcher, &driver, &stops, crate::clock::now())
             .await?;
         for id in &stops {
             tenant
@@ -111,7 +111,7 @@ pub async fn start(app: Arc<App>, addr: SocketAddr, drivers: usize) -> anyhow::R
                     id,
                     StatusChange::PickedUp,
                     None,
-                    UnixMillis::now(),
+                    crate::clock::now(),
                 )
                 .await?;
         }
@@ -147,7 +147,7 @@ async fn drive(
     let tenant = app.tenant(&dispatcher.tenant).context("demo tenant")?;
     let mut sockets = Vec::new();
     for d in &fleet.drivers {
-        let now = UnixMillis::now().as_secs();
+        let now = crate::clock::now().as_secs();
         let claims = Claims {
             tid: dispatcher.tenant.to_string(),
             sub: format!("driver-{}", d.index),
@@ -179,7 +179,7 @@ async fn drive(
             () = app.shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let now = UnixMillis::now();
+        let now = crate::clock::now();
         for (i, out) in fleet.step(now.0) {
             let msg = match out {
                 Out::Ping(p) => {

@@ -342,7 +342,7 @@ impl Session<'_> {
     }
 
     async fn on_pings(&mut self, ws: &mut Socket, pings: &[PingIn]) -> Next {
-        let now = UnixMillis::now();
+        let now = crate::clock::now();
         let (applied, ack) = {
             let mut live = self.live();
             // Only new pings spend the budget: a replayed batch is free.
@@ -401,7 +401,7 @@ impl Session<'_> {
     }
 
     fn on_refresh(&mut self, token: &str, expires: &mut tokio::time::Instant) -> Next {
-        match self.app.verifier.verify(token, UnixMillis::now()) {
+        match self.app.verifier.verify(token, crate::clock::now()) {
             Err(e) => {
                 self.app
                     .metrics

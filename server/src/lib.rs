@@ -6,6 +6,7 @@
 //! - [`domain`]: deliveries, the status machine, the role table, proximity,
 //!   ETAs and patient views, as pure functions of state, input and time.
 //! - [`types`]: identifier and unit newtypes, parsed once at the edge.
+//! - [`clock`]: the wall clock, read only at the edge.
 //! - [`protocol`]: the driver stream's wire types and pure ping validation.
 //! - [`tenant`]: one tenant's commit path, the only place its state changes:
 //!   decide, chain, append, await durable, apply, publish.
@@ -32,6 +33,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod dispatch;

@@ -11,7 +11,6 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use rxtrack_server::auth::{AUDIENCE, Claims, Role, mint_hs256};
 use rxtrack_server::config::{Config, DEFAULT_DATA_DIR, DEMO_TENANT};
-use rxtrack_server::types::UnixMillis;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -148,7 +147,7 @@ fn token(
     if role == Role::Driver && device.is_none() {
         bail!("a driver token needs --device");
     }
-    let now = UnixMillis::now().as_secs();
+    let now = rxtrack_server::clock::now().as_secs();
     let claims = Claims {
         tid: tenant.id.to_string(),
         sub: sub.to_owned(),
@@ -251,7 +250,7 @@ async fn serve(
         let urls =
             rxtrack_server::demo::start(app.clone(), listener.local_addr()?, usize::from(drivers))
                 .await?;
-        let now = UnixMillis::now().as_secs();
+        let now = rxtrack_server::clock::now().as_secs();
         let claims = Claims {
             tid: DEMO_TENANT.into(),
             sub: "demo-viewer".into(),

@@ -47,7 +47,7 @@ pub async fn run_app(listener: TcpListener, app: Arc<App>) -> anyhow::Result<()>
             tokio::select! {
                 () = scanner.shutdown.cancelled() => return,
                 _ = tick.tick() => {
-                    let now = crate::types::UnixMillis::now();
+                    let now = crate::clock::now();
                     for t in scanner.tenants.values() {
                         t.refresh_quiet(now);
                     }

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use crate::app::App;
 use crate::error::ApiError;
 use crate::server::PeerAddr;
-use crate::types::{DeliveryId, TenantId, UnixMillis};
+use crate::types::{DeliveryId, TenantId};
 use crate::ws::{self, Socket, close};
 
 /// Longest token accepted in a path (ours are 32 characters).
@@ -71,7 +71,7 @@ async fn open(app: &App, peer: &PeerAddr, token: &str) -> Result<Opened, ApiErro
         ));
     }
     let hash = token_hash(token).ok_or_else(not_found)?;
-    let now = UnixMillis::now();
+    let now = crate::clock::now();
     for tenant in app.tenants.values() {
         if let Some((text, rx, id)) = tenant.open_link(&hash, now).await? {
             return Ok((text, rx, tenant.id.clone(), id, hash));
@@ -164,7 +164,7 @@ async fn serve(
                 }
             }
             _ = expiry.tick() => {
-                if !app.tenant(tenant).is_some_and(|t| t.link_is_valid(hash, UnixMillis::now())) {
+                if !app.tenant(tenant).is_some_and(|t| t.link_is_valid(hash, crate::clock::now())) {
                     return Some((close::LINK_GONE, "tracking link expired"));
                 }
             }

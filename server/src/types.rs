@@ -115,16 +115,6 @@ id_type!(
 pub struct UnixMillis(pub i64);
 
 impl UnixMillis {
-    /// The wall clock now. Only the edges of the server call this; the pure
-    /// core takes time as an argument.
-    #[must_use]
-    pub fn now() -> Self {
-        let d = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        Self(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-    }
-
     #[must_use]
     pub fn as_secs(self) -> i64 {
         self.0.div_euclid(1000)

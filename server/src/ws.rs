@@ -201,7 +201,7 @@ pub async fn send_ping(ws: &mut Socket) -> bool {
 pub fn token_deadline(exp_s: i64) -> tokio::time::Instant {
     let left_ms = exp_s
         .saturating_mul(1000)
-        .saturating_sub(crate::types::UnixMillis::now().0)
+        .saturating_sub(crate::clock::now().0)
         .max(0);
     tokio::time::Instant::now() + Duration::from_millis(u64::try_from(left_ms).unwrap_or(0))
 }
