@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use geofence::{Fence, FenceId, FenceIndex, ProximityConfig, Subject, TrackConfig};
-use rxtrack_server::dispatch::Hub;
+use rxtrack_server::bus::hub::Hub;
 use rxtrack_server::domain::PatientSnapshot;
 use rxtrack_server::domain::Status;
 use rxtrack_server::domain::eta::{self, EtaConfig};

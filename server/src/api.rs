@@ -487,7 +487,7 @@ async fn list_devices(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiRes
     }
     for d in revoked {
         if !rows.iter().any(|r| r.device_id == d) {
-            rows.push(crate::ingest::DeviceRow {
+            rows.push(crate::devices::DeviceRow {
                 device_id: d,
                 driver_id: None,
                 connected: false,

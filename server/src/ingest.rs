@@ -10,97 +10,22 @@
 //! caused (arrived, departed, approaching) is durable: they go through the
 //! tenant's commit path like any command.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use futures_util::StreamExt as _;
-use serde::Serialize;
+
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 
 use crate::app::App;
 use crate::auth::{AuthError, Principal, Role};
-use crate::bus::{Bus, Kick};
-use crate::protocol::{Cursor, DriverMsg, MAX_BATCH, PingIn, ServerMsg};
-use crate::ratelimit::Bucket;
-use crate::types::{DeviceId, SubjectId, TenantId, UnixMillis};
+use crate::bus::Kick;
+use crate::devices::DeviceLive;
+use crate::protocol::{DriverMsg, MAX_BATCH, PingIn, ServerMsg};
+
+use crate::types::DeviceId;
 use crate::ws::{self, Socket, close};
-
-/// What the server knows of one device.
-#[derive(Debug)]
-pub struct DeviceLive {
-    pub driver: SubjectId,
-    pub cursor: Cursor,
-    pub last_seen: Option<UnixMillis>,
-    pings: Bucket,
-    messages: Bucket,
-}
-
-/// A device, always with its tenant.
-type DeviceKey = (TenantId, DeviceId);
-
-/// Every device that has connected since start-up, by tenant and device.
-#[derive(Debug, Default)]
-pub struct Devices {
-    map: Mutex<HashMap<DeviceKey, Arc<Mutex<DeviceLive>>>>,
-}
-
-/// One row of `GET /v1/devices`.
-#[derive(Debug, Serialize)]
-pub struct DeviceRow {
-    pub device_id: DeviceId,
-    pub driver_id: Option<SubjectId>,
-    pub connected: bool,
-    pub last_seen: Option<UnixMillis>,
-    pub last_seq: u64,
-    pub revoked: bool,
-}
-
-impl Devices {
-    fn slot(
-        &self,
-        tenant: &TenantId,
-        device: &DeviceId,
-        driver: &SubjectId,
-        app: &App,
-    ) -> Arc<Mutex<DeviceLive>> {
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry((tenant.clone(), device.clone()))
-            .or_insert_with(|| {
-                let l = &app.config.limits;
-                let now = Instant::now();
-                Arc::new(Mutex::new(DeviceLive {
-                    driver: driver.clone(),
-                    cursor: Cursor::default(),
-                    last_seen: None,
-                    pings: Bucket::new(l.pings_per_second, l.ping_burst, now),
-                    messages: Bucket::new(l.messages_per_second, l.message_burst, now),
-                }))
-            })
-            .clone()
-    }
-
-    /// The tenant's devices seen since start-up.
-    #[must_use]
-    pub fn list(&self, tenant: &TenantId, bus: &dyn Bus) -> Vec<DeviceRow> {
-        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        map.iter()
-            .filter(|((t, _), _)| t == tenant)
-            .map(|((_, d), slot)| {
-                let s = slot.lock().unwrap_or_else(PoisonError::into_inner);
-                DeviceRow {
-                    device_id: d.clone(),
-                    driver_id: Some(s.driver.clone()),
-                    connected: bus.connected(tenant, d),
-                    last_seen: s.last_seen,
-                    last_seq: s.cursor.last_seq,
-                    revoked: false,
-                }
-            })
-            .collect()
-    }
-}
 
 /// Runs one driver socket until it closes.
 pub async fn run(app: Arc<App>, mut ws: Socket, auth: Result<Principal, AuthError>) {
@@ -134,9 +59,12 @@ pub async fn run(app: Arc<App>, mut ws: Socket, auth: Result<Principal, AuthErro
         return;
     }
 
-    let slot = app
-        .devices
-        .slot(&principal.tenant, &device, &principal.sub, &app);
+    let slot = app.devices.slot(
+        &principal.tenant,
+        &device,
+        &principal.sub,
+        &app.config.limits,
+    );
     let crate::bus::Session {
         id: session_id,
         kicked: mut kick_rx,

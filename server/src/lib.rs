@@ -17,7 +17,8 @@
 //! - [`auth`]: JWT verification (HS256, Ed25519) and lifetime caps.
 //! - [`app`]: the shared state of a node and how it is opened from disk.
 //! - [`api`]: the HTTP API; [`error`]: its error type.
-//! - [`ingest`]: the driver WebSocket: dedupe, rate limits, acks.
+//! - [`ingest`]: the driver WebSocket: dedupe, rate limits, acks;
+//!   [`devices`]: what the node keeps per driver device.
 //! - [`dispatch`]: the dispatcher live stream and its position board.
 //! - [`track`]: patient tracking links and their WebSocket.
 //! - [`ws`]: the WebSocket handshake and close helpers.
@@ -36,6 +37,7 @@ pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod devices;
 pub mod dispatch;
 pub mod domain;
 pub mod error;

@@ -5,6 +5,11 @@ use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
+/// The client's address, as a request extension: what per-address limits
+/// count (never logged).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// Client addresses remembered before idle ones are forgotten.
 const MAX_TRACKED_ADDRESSES: usize = 50_000;
 

@@ -11,11 +11,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 
-/// The client's address, as a request extension (for per-address limits;
-/// never logged).
-#[derive(Clone, Copy, Debug)]
-pub struct PeerAddr(pub std::net::SocketAddr);
-
 /// How often quiet drivers are looked for (their patients see "updating").
 const QUIET_SCAN: Duration = Duration::from_secs(5);
 use crate::config::Config;
@@ -96,7 +91,8 @@ async fn serve(listener: TcpListener, app: Arc<App>) {
         let service = TowerToHyperService::new(tower::ServiceExt::map_request(
             router.clone(),
             move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(PeerAddr(peer));
+                req.extensions_mut()
+                    .insert(crate::ratelimit::PeerAddr(peer));
                 req
             },
         ));

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::server::PeerAddr;
+use crate::ratelimit::PeerAddr;
 use crate::types::{DeliveryId, TenantId};
 use crate::ws::{self, Socket, close};
 

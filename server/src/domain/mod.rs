@@ -8,8 +8,8 @@
 //! - [`roles`]: roles, the principal, and the one role table ([`Action`]).
 //! - [`status`]: the status machine and why a command is refused.
 //! - [`model`]: fences, recipient, window and event payloads.
-//! - [`book`]: a tenant's deliveries, routes, devices and links; the
-//!   commands (`decide_*`) and `apply`.
+//! - [`book`]: a tenant's deliveries, routes, devices and links, and
+//!   `apply`; `commands`: the `decide_*` functions that extend it.
 //! - [`tracker`]: the read model that follows the book: shared fences,
 //!   detectors, ETAs, patient views.
 //! - `proximity`, `live`: how a driver's fixes become events and ETAs.
@@ -17,6 +17,7 @@
 //! - [`patient`]: the patient snapshot, a type with no room for PHI.
 
 pub mod book;
+mod commands;
 pub mod eta;
 pub mod event;
 mod live;

@@ -25,10 +25,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
+
+pub mod hub;
+
+use hub::Hub;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::dispatch::Hub;
 use crate::domain::{Event, PatientSnapshot, Status, eta};
 use crate::metrics::Metrics;
 use crate::protocol::Fix;
