@@ -530,16 +530,16 @@ async fn revoke_link(
 }
 
 async fn driver_ws(State(app): State<Arc<App>>, mut req: Request) -> ApiResult<Response> {
-    let hs = crate::ws::handshake(&mut req)?;
-    let permit = app.socket_permit()?;
-    let auth = app.verify_presented(hs.token.as_deref());
-    let cfg = crate::ws::config(app.config.limits.max_message_bytes, crate::ws::SMALL_WRITES);
+    let up = crate::socket::Upgrade::new(
+        &app,
+        &mut req,
+        app.config.limits.max_message_bytes,
+        crate::ws::SMALL_WRITES,
+    )?;
+    let auth = app.verify_presented(up.token());
     let app2 = app.clone();
-    app.tracker.spawn(async move {
-        if let Some(ws) = crate::ws::accept(hs.on_upgrade, cfg).await {
-            crate::ingest::run(app2, ws, auth).await;
-        }
-        drop(permit);
-    });
-    Ok(hs.response)
+    Ok(up.serve(&app, "driver", move |mut ws| async move {
+        let end = crate::ingest::run(&app2, &mut ws, auth).await;
+        (ws, end)
+    }))
 }

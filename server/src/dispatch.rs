@@ -20,6 +20,7 @@ use crate::auth::Principal;
 use crate::bus::hub::{Frame, Hub, Viewport};
 use crate::domain::Action;
 use crate::error::ApiError;
+use crate::socket::{Close, Heartbeat, Upgrade};
 use crate::ws::{self, Socket, close};
 
 /// How often a socket sends the positions that changed.
@@ -37,40 +38,26 @@ enum DispatcherMsg {
 
 /// `GET /v1/dispatch/ws` (admin, dispatcher, viewer).
 pub async fn socket(State(app): State<Arc<App>>, mut req: Request) -> Result<Response, ApiError> {
-    let hs = ws::handshake(&mut req)?;
-    let auth = app.verify_presented(hs.token.as_deref());
-    let permit = app.socket_permit()?;
-    let cfg = ws::config(DISPATCH_MAX_MESSAGE, ws::LARGE_WRITES);
+    let up = Upgrade::new(&app, &mut req, DISPATCH_MAX_MESSAGE, ws::LARGE_WRITES)?;
+    let auth = app.verify_presented(up.token());
     let app2 = app.clone();
-    app.tracker.spawn(async move {
-        if let Some(mut sock) = ws::accept(hs.on_upgrade, cfg).await {
-            let code = match auth {
-                Err(e) => {
-                    app2.metrics
-                        .auth_failures
-                        .with_label_values(&[e.reason()])
-                        .inc();
-                    Some((close::UNAUTHORIZED, "token invalid or expired"))
-                }
-                Ok(p) if !Action::WatchMap.allowed(p.role) => Some((
-                    close::FORBIDDEN,
-                    "the live map needs an admin, dispatcher or viewer token",
-                )),
-                Ok(p) => {
-                    let gauge = app2.metrics.connections.with_label_values(&["dispatcher"]);
-                    gauge.inc();
-                    let code = serve(&app2, &mut sock, &p).await;
-                    gauge.dec();
-                    code
-                }
-            };
-            if let Some((code, reason)) = code {
-                ws::close_with(&mut sock, &app2.metrics, code, reason).await;
+    Ok(up.serve(&app, "dispatcher", move |mut sock| async move {
+        let end = match auth {
+            Err(e) => {
+                app2.metrics
+                    .auth_failures
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                Some((close::UNAUTHORIZED, "token invalid or expired".into()))
             }
-        }
-        drop(permit);
-    });
-    Ok(hs.response)
+            Ok(p) if !Action::WatchMap.allowed(p.role) => Some((
+                close::FORBIDDEN,
+                "the live map needs an admin, dispatcher or viewer token".into(),
+            )),
+            Ok(p) => serve(&app2, &mut sock, &p).await,
+        };
+        (sock, end)
+    }))
 }
 
 fn snapshot(app: &App, p: &Principal, hub: &Hub) -> (String, u64) {
@@ -110,33 +97,30 @@ fn snapshot(app: &App, p: &Principal, hub: &Hub) -> (String, u64) {
     (snap.to_string(), version)
 }
 
-async fn serve(app: &App, sock: &mut Socket, p: &Principal) -> Option<(u16, &'static str)> {
+async fn serve(app: &App, sock: &mut Socket, p: &Principal) -> Close {
     // Subscribe before the snapshot, so nothing falls between them.
     let feed = app.bus.subscribe_dispatcher(&p.tenant)?;
     let hub = feed.positions.as_ref();
     let mut events = feed.events;
     let (snap, mut seen) = snapshot(app, p, hub);
     if !ws::send_text(sock, snap.into()).await {
-        return Some((close::SLOW, "could not send the snapshot"));
+        return Some((close::SLOW, "could not send the snapshot".into()));
     }
     let mut viewport: Option<Viewport> = None;
     let mut tick = tokio::time::interval(POSITION_INTERVAL);
-    let heartbeat = Duration::from_millis(app.config.limits.heartbeat_ms);
-    let mut ping = tokio::time::interval(heartbeat);
-    ping.tick().await;
-    let mut last_pong = std::time::Instant::now();
+    let mut heart = Heartbeat::start(Duration::from_millis(app.config.limits.heartbeat_ms)).await;
     let expires = ws::token_deadline(p.exp);
     loop {
         tokio::select! {
             biased;
-            () = app.shutdown.cancelled() => return Some((close::GOING_AWAY, "server draining")),
-            () = tokio::time::sleep_until(expires) => return Some((close::UNAUTHORIZED, "token expired")),
+            () = app.shutdown.cancelled() => return Some((close::GOING_AWAY, "server draining".into())),
+            () = tokio::time::sleep_until(expires) => return Some((close::UNAUTHORIZED, "token expired".into())),
             msg = events.recv() => match msg {
                 Some(text) => if !ws::send_text(sock, text).await {
                     app.metrics.slow_closes.inc();
-                    return Some((close::SLOW, "too slow to read events"));
+                    return Some((close::SLOW, "too slow to read events".into()));
                 },
-                None => return Some((close::SLOW, "fell too far behind; reconnect for a snapshot")),
+                None => return Some((close::SLOW, "fell too far behind; reconnect for a snapshot".into())),
             },
             _ = tick.tick() => {
                 let frame = hub.positions_since(seen, viewport.as_ref(), "drivers");
@@ -146,33 +130,31 @@ async fn serve(app: &App, sock: &mut Socket, p: &Principal) -> Option<(u16, &'st
                 if let Some(f) = frame.text {
                     if !ws::send_text(sock, f.into()).await {
                         app.metrics.slow_closes.inc();
-                        return Some((close::SLOW, "too slow to read positions"));
+                        return Some((close::SLOW, "too slow to read positions".into()));
                     }
                     if let Some(t) = oldest {
                         app.metrics.fanout_seconds.observe(t.elapsed().as_secs_f64());
                     }
                 }
             }
-            _ = ping.tick() => {
-                if last_pong.elapsed() > heartbeat * 3 {
-                    app.metrics.slow_closes.inc();
-                    return Some((close::SLOW, "no answer to heartbeats"));
+            () = heart.due() => {
+                if let Err(end) = heart.beat(sock, &app.metrics).await {
+                    return end;
                 }
-                let _ = ws::send_ping(sock).await;
             }
             msg = sock.next() => match msg {
-                Some(Ok(Message::Pong(_))) => last_pong = std::time::Instant::now(),
+                Some(Ok(Message::Pong(_))) => heart.pong(),
                 Some(Ok(Message::Text(t))) => match parse_viewport(t.as_str()) {
                     Ok(v) => {
                         viewport = v;
                         // Resend everything inside the new viewport.
                         seen = 0;
                     }
-                    Err(reason) => return Some((close::PROTOCOL, reason)),
+                    Err(reason) => return Some((close::PROTOCOL, reason.into())),
                 },
-                Some(Ok(Message::Binary(_))) => return Some((close::PROTOCOL, "binary frames are not part of the protocol")),
+                Some(Ok(Message::Binary(_))) => return Some((close::PROTOCOL, "binary frames are not part of the protocol".into())),
                 Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
-                    return Some((close::TOO_BIG, "message too large"));
+                    return Some((close::TOO_BIG, "message too large".into()));
                 }
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
                 Some(Ok(_)) => {}

@@ -10,7 +10,7 @@
 //! caused (arrived, departed, approaching) is durable: they go through the
 //! tenant's commit path like any command.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use futures_util::StreamExt as _;
@@ -22,13 +22,15 @@ use crate::app::App;
 use crate::auth::{AuthError, Principal, Role};
 use crate::bus::Kick;
 use crate::devices::DeviceLive;
+use crate::domain::Action;
 use crate::protocol::{DriverMsg, MAX_BATCH, PingIn, ServerMsg};
+use crate::socket::Close;
 
 use crate::types::DeviceId;
 use crate::ws::{self, Socket, close};
 
-/// Runs one driver socket until it closes.
-pub async fn run(app: Arc<App>, mut ws: Socket, auth: Result<Principal, AuthError>) {
+/// Serves one driver socket until it ends; returns how.
+pub async fn run(app: &App, ws: &mut Socket, auth: Result<Principal, AuthError>) -> Close {
     let principal = match auth {
         Ok(p) => p,
         Err(e) => {
@@ -36,27 +38,23 @@ pub async fn run(app: Arc<App>, mut ws: Socket, auth: Result<Principal, AuthErro
                 .auth_failures
                 .with_label_values(&[e.reason()])
                 .inc();
-            ws::close_with(&mut ws, &app.metrics, close::UNAUTHORIZED, &e.to_string()).await;
-            return;
+            return Some((close::UNAUTHORIZED, e.to_string().into()));
         }
     };
-    let (Role::Driver, Some(device)) = (principal.role, principal.device.clone()) else {
-        ws::close_with(
-            &mut ws,
-            &app.metrics,
+    let (true, Some(device)) = (
+        Action::StreamPositions.allowed(principal.role),
+        principal.device.clone(),
+    ) else {
+        return Some((
             close::FORBIDDEN,
-            "the driver stream needs a driver token",
-        )
-        .await;
-        return;
+            "the driver stream needs a driver token".into(),
+        ));
     };
     let Some(tenant) = app.tenant(&principal.tenant) else {
-        ws::close_with(&mut ws, &app.metrics, close::UNAUTHORIZED, "unknown tenant").await;
-        return;
+        return Some((close::UNAUTHORIZED, "unknown tenant".into()));
     };
     if tenant.read(|book, _| book.is_revoked(&device)) {
-        ws::close_with(&mut ws, &app.metrics, close::FORBIDDEN, "device revoked").await;
-        return;
+        return Some((close::FORBIDDEN, "device revoked".into()));
     }
 
     let slot = app.devices.slot(
@@ -70,25 +68,19 @@ pub async fn run(app: Arc<App>, mut ws: Socket, auth: Result<Principal, AuthErro
         kicked: mut kick_rx,
     } = app.bus.open_session(&principal.tenant, &device);
     slot.lock().unwrap_or_else(PoisonError::into_inner).driver = principal.sub.clone();
-    let gauge = app.metrics.connections.with_label_values(&["driver"]);
-    gauge.inc();
     tracing::debug!(tenant = %principal.tenant, session = session_id, "driver connected");
 
     let mut session = Session {
-        app: &app,
+        app,
         principal,
         device,
         slot: &slot,
     };
-    let code = session.serve(&mut ws, &mut kick_rx).await;
-    if let Some((code, reason)) = code {
-        ws::close_with(&mut ws, &app.metrics, code, reason).await;
-    }
-
+    let end = session.serve(ws, &mut kick_rx).await;
     app.bus
         .close_session(&session.principal.tenant, &session.device, session_id);
-    gauge.dec();
     tracing::debug!(session = session_id, "driver disconnected");
+    end.map(|(code, reason)| (code, reason.into()))
 }
 
 struct Session<'a> {

@@ -21,7 +21,8 @@
 //!   [`devices`]: what the node keeps per driver device.
 //! - [`dispatch`]: the dispatcher live stream and its position board.
 //! - [`track`]: patient tracking links and their WebSocket.
-//! - [`ws`]: the WebSocket handshake and close helpers.
+//! - [`ws`]: the WebSocket handshake and close helpers; [`socket`]: what
+//!   every socket shares (permit, gauge, heartbeat, close), written once.
 //! - [`ratelimit`]: token buckets, per device and per address.
 //! - [`server`]: the accept loop and draining.
 //! - [`demo`]: `rxtrack demo`'s simulated fleet on Helsinki's streets.
@@ -48,6 +49,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;
 pub mod server;
+pub mod socket;
 pub mod tenant;
 pub mod track;
 pub mod types;

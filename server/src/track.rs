@@ -6,7 +6,7 @@
 //! before any data leaves. Patients receive only [`crate::domain::PatientSnapshot`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use crate::app::App;
 use crate::error::ApiError;
 use crate::ratelimit::PeerAddr;
+use crate::socket::{Close, Heartbeat, Upgrade};
 use crate::types::{DeliveryId, TenantId};
 use crate::ws::{self, Socket, close};
 
@@ -101,24 +102,13 @@ pub async fn socket(
     Path(token): Path<String>,
     mut req: Request,
 ) -> Result<Response, ApiError> {
-    let hs = ws::handshake(&mut req)?;
+    let up = Upgrade::new(&app, &mut req, PATIENT_MAX_MESSAGE, ws::SMALL_WRITES)?;
     let (text, rx, tenant, _id, hash) = open(&app, &peer, &token).await?;
-    let permit = app.socket_permit()?;
-    let cfg = ws::config(PATIENT_MAX_MESSAGE, ws::SMALL_WRITES);
     let app2 = app.clone();
-    app.tracker.spawn(async move {
-        if let Some(mut sock) = ws::accept(hs.on_upgrade, cfg).await {
-            let gauge = app2.metrics.connections.with_label_values(&["patient"]);
-            gauge.inc();
-            let code = serve(&app2, &mut sock, text, rx, &tenant, &hash).await;
-            if let Some((code, reason)) = code {
-                ws::close_with(&mut sock, &app2.metrics, code, reason).await;
-            }
-            gauge.dec();
-        }
-        drop(permit);
-    });
-    Ok(hs.response)
+    Ok(up.serve(&app, "patient", move |mut sock| async move {
+        let end = serve(&app2, &mut sock, text, rx, &tenant, &hash).await;
+        (sock, end)
+    }))
 }
 
 async fn serve(
@@ -128,50 +118,43 @@ async fn serve(
     mut rx: watch::Receiver<Utf8Bytes>,
     tenant: &TenantId,
     hash: &str,
-) -> Option<(u16, &'static str)> {
+) -> Close {
     rx.mark_unchanged();
     if !ws::send_text(sock, first).await {
-        return Some((close::SLOW, "write timed out"));
+        return Some((close::SLOW, "write timed out".into()));
     }
-    let heartbeat = Duration::from_millis(app.config.limits.heartbeat_ms);
-    let mut ping = tokio::time::interval(heartbeat);
-    ping.tick().await;
+    let mut heart = Heartbeat::start(Duration::from_millis(app.config.limits.heartbeat_ms)).await;
     let mut expiry = tokio::time::interval(EXPIRY_CHECK);
     expiry.tick().await;
-    let mut last_pong = Instant::now();
     loop {
         tokio::select! {
             biased;
-            () = app.shutdown.cancelled() => return Some((close::GOING_AWAY, "server draining")),
+            () = app.shutdown.cancelled() => return Some((close::GOING_AWAY, "server draining".into())),
             changed = rx.changed() => {
                 if changed.is_err() {
-                    return Some((close::LINK_GONE, "tracking link revoked"));
+                    return Some((close::LINK_GONE, "tracking link revoked".into()));
                 }
                 let text = rx.borrow_and_update().clone();
                 if !ws::send_text(sock, text).await {
                     app.metrics.slow_closes.inc();
-                    return Some((close::SLOW, "too slow to read updates"));
+                    return Some((close::SLOW, "too slow to read updates".into()));
                 }
             }
-            _ = ping.tick() => {
-                // A client that stops reading never answers: close it.
-                if last_pong.elapsed() > heartbeat * 3 {
-                    app.metrics.slow_closes.inc();
-                    return Some((close::SLOW, "no answer to heartbeats"));
-                }
-                if !ws::send_ping(sock).await {
-                    return None;
+            // A client that stops reading never answers: it is closed.
+            () = heart.due() => {
+                if let Err(end) = heart.beat(sock, &app.metrics).await {
+                    return end;
                 }
             }
             _ = expiry.tick() => {
                 if !app.tenant(tenant).is_some_and(|t| t.link_is_valid(hash, crate::clock::now())) {
-                    return Some((close::LINK_GONE, "tracking link expired"));
+                    return Some((close::LINK_GONE, "tracking link expired".into()));
                 }
             }
             msg = sock.next() => match msg {
-                Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
+                Some(Ok(Message::Pong(_))) => heart.pong(),
                 Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
-                    return Some((close::TOO_BIG, "message too large"));
+                    return Some((close::TOO_BIG, "message too large".into()));
                 }
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
                 // Patients have nothing to say; anything else is read and dropped.
