@@ -115,6 +115,19 @@ id_type!(
 pub struct UnixMillis(pub i64);
 
 impl UnixMillis {
+    /// Milliseconds from `earlier` to this instant (negative when
+    /// `earlier` is later), saturating instead of overflowing.
+    #[must_use]
+    pub fn since(self, earlier: Self) -> i64 {
+        self.0.saturating_sub(earlier.0)
+    }
+
+    /// This instant moved by `ms` (saturating).
+    #[must_use]
+    pub fn plus_ms(self, ms: i64) -> Self {
+        Self(self.0.saturating_add(ms))
+    }
+
     #[must_use]
     pub fn as_secs(self) -> i64 {
         self.0.div_euclid(1000)
@@ -122,10 +135,27 @@ impl UnixMillis {
 }
 
 /// A WGS84 position whose values were checked to be finite and in range.
+/// Its fields are private and it deserialises through [`LatLng::new`], so
+/// no path (code or JSON) makes one out of range.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawLatLng")]
 pub struct LatLng {
-    pub lat: f64,
-    pub lng: f64,
+    lat: f64,
+    lng: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLatLng {
+    lat: f64,
+    lng: f64,
+}
+
+impl TryFrom<RawLatLng> for LatLng {
+    type Error = CoordError;
+    fn try_from(r: RawLatLng) -> Result<Self, CoordError> {
+        Self::new(r.lat, r.lng)
+    }
 }
 
 /// Why a coordinate was refused.
@@ -147,11 +177,44 @@ impl LatLng {
         }
         Ok(Self { lat, lng })
     }
+
+    #[must_use]
+    pub fn lat(self) -> f64 {
+        self.lat
+    }
+
+    #[must_use]
+    pub fn lng(self) -> f64 {
+        self.lng
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coordinates_are_checked_however_they_arrive() {
+        assert!(serde_json::from_str::<LatLng>(r#"{"lat":91.0,"lng":0.0}"#).is_err());
+        assert!(serde_json::from_str::<LatLng>(r#"{"lat":0.0,"lng":-180.5}"#).is_err());
+        assert!(serde_json::from_str::<LatLng>(r#"{"lat":1e999,"lng":0.0}"#).is_err());
+        assert!(serde_json::from_str::<LatLng>(r#"{"lat":60.0,"lng":24.0,"x":1}"#).is_err());
+        let ok: LatLng = serde_json::from_str(r#"{"lat":60.17,"lng":24.94}"#).unwrap();
+        assert_eq!((ok.lat(), ok.lng()), (60.17, 24.94));
+        assert_eq!(
+            serde_json::to_string(&ok).unwrap(),
+            r#"{"lat":60.17,"lng":24.94}"#
+        );
+    }
+
+    #[test]
+    fn time_arithmetic_saturates() {
+        let t = UnixMillis(1_000);
+        assert_eq!(t.plus_ms(500).since(t), 500);
+        assert_eq!(t.since(t.plus_ms(500)), -500);
+        assert_eq!(UnixMillis(i64::MAX).plus_ms(1), UnixMillis(i64::MAX));
+        assert_eq!(UnixMillis(i64::MIN).since(UnixMillis(1)), i64::MIN);
+    }
 
     #[test]
     fn ids_accept_the_usual_and_refuse_the_hostile() {

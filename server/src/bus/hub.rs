@@ -82,8 +82,8 @@ impl Hub {
     pub fn position(&self, driver: &SubjectId, fix: &Fix) {
         let Ok(json) = serde_json::to_vec(&PositionOut {
             driver_id: driver,
-            lat: fix.pos.lat,
-            lng: fix.pos.lng,
+            lat: fix.pos.lat(),
+            lng: fix.pos.lng(),
             ts: fix.ts.0,
             speed: fix.speed,
             heading: fix.heading,
@@ -98,8 +98,8 @@ impl Hub {
         let position = Position {
             version,
             received: std::time::Instant::now(),
-            lat: fix.pos.lat,
-            lng: fix.pos.lng,
+            lat: fix.pos.lat(),
+            lng: fix.pos.lng(),
             cell: std::sync::OnceLock::new(),
             json: Bytes::from(json),
         };

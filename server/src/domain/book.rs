@@ -55,10 +55,7 @@ impl Record {
     /// Whether its tracking link still works at `now`, given the grace period after the end.
     #[must_use]
     pub fn link_valid(&self, now: UnixMillis, grace_ms: i64) -> bool {
-        !self.link_revoked
-            && self
-                .ended_at
-                .is_none_or(|t| now.0 < t.0.saturating_add(grace_ms))
+        !self.link_revoked && self.ended_at.is_none_or(|t| now < t.plus_ms(grace_ms))
     }
 }
 
@@ -358,7 +355,7 @@ impl Book {
             if to.is_final() {
                 self.active = self.active.saturating_sub(1);
                 d.ended_at = Some(at);
-                dwell_ms = d.arrived_at.take().map(|t| at.0 - t.0);
+                dwell_ms = d.arrived_at.take().map(|t| at.since(t));
             }
             d.status = to;
             d.updated_at = at;
@@ -407,7 +404,7 @@ impl Book {
                     d.status = Status::EnRoute;
                     d.approached = false;
                 }
-                dwell_ms = d.arrived_at.take().map(|t| at.0 - t.0);
+                dwell_ms = d.arrived_at.take().map(|t| at.since(t));
             }
         }
         d.updated_at = at;

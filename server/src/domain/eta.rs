@@ -78,8 +78,8 @@ impl Default for EtaConfig {
 #[must_use]
 pub fn distance_m(a: LatLng, b: LatLng) -> f64 {
     match (
-        geofence::Point::new(a.lat, a.lng),
-        geofence::Point::new(b.lat, b.lng),
+        geofence::Point::new(a.lat(), a.lng()),
+        geofence::Point::new(b.lat(), b.lng()),
     ) {
         (Ok(p), Ok(q)) => p.distance_m(q),
         // A LatLng is checked to the same ranges; this arm cannot be taken.

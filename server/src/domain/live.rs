@@ -99,10 +99,10 @@ fn drive_seconds(
             let hopeless = live.unplannable.as_deref() == Some(targets)
                 && now.0 - live.searched_at < SEARCH_BACKOFF_MS;
             if !hopeless && budget.take(now) {
-                let points: Vec<(f64, f64)> = targets.iter().map(|t| (t.lat, t.lng)).collect();
+                let points: Vec<(f64, f64)> = targets.iter().map(|t| (t.lat(), t.lng())).collect();
                 live.plan = roads::Plan::new(
                     net,
-                    (live.pos.lat, live.pos.lng),
+                    (live.pos.lat(), live.pos.lng()),
                     live.heading,
                     &points,
                     speeds,
@@ -161,9 +161,9 @@ fn refresh_view(d: &Record, t: &mut Track, parts: &mut PatientParts<'_>, now: Un
         .driver
         .as_ref()
         .and_then(|drv| live.get(drv))
-        .is_none_or(|l| now.0 - l.seen.0 > cfg.quiet_ms);
+        .is_none_or(|l| now.since(l.seen) > cfg.quiet_ms);
     let eta = t.eta.filter(|_| moving && !quiet).map(|e| {
-        let spread = calibration.spread(e.0 - now.0);
+        let spread = calibration.spread(e.since(now));
         eta::coarse_window(e, now, spread, cfg)
     });
     let next = PatientSnapshot {
@@ -249,7 +249,7 @@ impl Tracker {
             .and_then(|id| book.delivery(id))
             .and_then(|d| d.arrived_at)
             .filter(|_| at_pickup != Some(0))
-            .map_or(service, |t| (service - (now.0 - t.0)).max(0));
+            .map_or(service, |t| (service - now.since(t)).max(0));
         let etas = match (self.live.get_mut(driver), targets) {
             (Some(live), Some(targets)) if !targets.is_empty() => {
                 let drive = drive_seconds(
@@ -301,7 +301,7 @@ impl Tracker {
         let quiet: Vec<SubjectId> = self
             .live
             .iter()
-            .filter(|(_, l)| now.0 - l.seen.0 > self.eta_cfg.quiet_ms)
+            .filter(|(_, l)| now.since(l.seen) > self.eta_cfg.quiet_ms)
             .map(|(d, _)| d.clone())
             .collect();
         for d in quiet {
@@ -360,7 +360,7 @@ impl Tracker {
             else {
                 continue;
             };
-            match plan.advance(net, (f.pos.lat, f.pos.lng), f.ts.0, cfg.off_route_m) {
+            match plan.advance(net, (f.pos.lat(), f.pos.lng()), f.ts.0, cfg.off_route_m) {
                 roads::Advance::On(sample) => {
                     live.off_route = 0;
                     // Standing (at a stop, or as the phone says) is not a
@@ -390,7 +390,7 @@ impl Tracker {
             .filter_map(|id| decided.delivery(id))
             .filter(|d| d.status == Status::EnRoute && !d.approached)
             .filter_map(|d| Some((d, self.tracks.get(&d.id)?.eta?)))
-            .filter(|(_, e)| e.0 - now.0 <= cfg.approaching_ms)
+            .filter(|(_, e)| e.since(now) <= cfg.approaching_ms)
             .map(|(d, e)| Draft {
                 kind: EventKind::DropoffApproaching,
                 delivery_id: Some(d.id.clone()),
@@ -398,8 +398,8 @@ impl Tracker {
                 device_ts: Some(last.ts.0),
                 actor: actor_of(who),
                 where_: Some(Where {
-                    lat: last.pos.lat,
-                    lng: last.pos.lng,
+                    lat: last.pos.lat(),
+                    lng: last.pos.lng(),
                     acc: last.acc,
                 }),
                 data: serde_json::json!({ "eta": e.0 }),

@@ -72,7 +72,7 @@ impl Tracker {
             .map_or(&[][..], Vec::as_slice);
         if let Some(detector) = self.detectors.get_mut(&who.sub) {
             for f in fixes {
-                let Ok(point) = geofence::Point::new(f.pos.lat, f.pos.lng) else {
+                let Ok(point) = geofence::Point::new(f.pos.lat(), f.pos.lng()) else {
                     continue;
                 };
                 let fix = geofence::Fix {
