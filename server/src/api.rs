@@ -511,8 +511,11 @@ async fn revoke_device(
     require_fresh(&p)?;
     let did = parse_id(&did, DeviceId::parse)?;
     let t = tenant(&app, &p)?;
-    // Its live session is kicked by the commit path, once the revoke is durable.
+    // Its live session is kicked by the commit path once the revoke is
+    // durable; a repeated revoke kicks again (a session that slipped in).
     t.revoke_device(&p, &did, crate::clock::now()).await?;
+    app.bus
+        .kick_device(&p.tenant, &did, crate::bus::Kick::Revoked);
     Ok(axum::Json(serde_json::json!({"device_id": did, "revoked": true})).into_response())
 }
 

@@ -67,6 +67,13 @@ pub async fn run(app: &App, ws: &mut Socket, auth: Result<Principal, AuthError>)
         id: session_id,
         kicked: mut kick_rx,
     } = app.bus.open_session(&principal.tenant, &device);
+    // A revoke that became durable between the check above and the session
+    // kicked nobody: look again now that the session can be kicked.
+    if tenant.read(|book, _| book.is_revoked(&device)) {
+        app.bus
+            .close_session(&principal.tenant, &device, session_id);
+        return Some((close::FORBIDDEN, "device revoked".into()));
+    }
     slot.lock().unwrap_or_else(PoisonError::into_inner).driver = principal.sub.clone();
     tracing::debug!(tenant = %principal.tenant, session = session_id, "driver connected");
 

@@ -47,6 +47,13 @@ pub enum CommitError {
     Log(String),
 }
 
+/// What one pass of the commit path came to.
+enum Outcome<T> {
+    Done(T),
+    /// Nothing to append, but events are in flight: wait for this ticket.
+    Wait(u64),
+}
+
 /// A chained event waiting to be durable.
 #[derive(Debug)]
 struct Flight {
@@ -63,6 +70,8 @@ struct Inner {
     decided: Book,
     /// The chain head over `decided`.
     chain: TenantChain,
+    /// The last event applied to `visible` `(seq, hash)`.
+    visible_head: (u64, String),
     in_flight: VecDeque<Flight>,
     next_ticket: u64,
 }
@@ -86,10 +95,13 @@ pub struct Tenant {
     bus: Arc<dyn Bus>,
     metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
+    /// Bumped whenever events in flight are settled or dropped.
+    resolved: watch::Sender<u64>,
 }
 
-/// The state of a tracking link that was opened.
-pub type OpenedLink = (Utf8Bytes, watch::Receiver<Utf8Bytes>, DeliveryId);
+/// A tracking link that was opened: the patient's view now, later ones
+/// (if asked for), and the delivery.
+pub type OpenedLink = (Utf8Bytes, Option<watch::Receiver<Utf8Bytes>>, DeliveryId);
 
 /// A tenant's state as the log rebuilds it at start-up, before the node
 /// serves anyone.
@@ -151,6 +163,7 @@ impl Tenant {
         metrics: Arc<Metrics>,
     ) -> Self {
         let head = log.head(&id);
+        let visible_head = head.clone().unwrap_or_else(|| (0, GENESIS.to_owned()));
         let chain = TenantChain::new(id.clone(), state.key.clone(), head);
         state.tracker.take_outputs();
         Self {
@@ -164,9 +177,11 @@ impl Tenant {
                 visible: state.visible,
                 tracker: state.tracker,
                 chain,
+                visible_head,
                 in_flight: VecDeque::new(),
                 next_ticket: 0,
             }),
+            resolved: watch::channel(0).0,
         }
     }
 
@@ -180,11 +195,38 @@ impl Tenant {
         f(&g.visible, &g.tracker)
     }
 
-    /// Runs a command through the commit path (see the module documentation).
+    /// Runs a command through the commit path (see the module
+    /// documentation). A command that decides nothing while earlier events
+    /// are in flight waits for them and decides again: its answer ("already
+    /// revoked", "exists", the route as it stands) must not rest on an event
+    /// that may yet fail.
+    async fn command<T: Send + 'static>(
+        self: &Arc<Self>,
+        mut decide: impl FnMut(Decide<'_>) -> Result<(Vec<Draft>, T), DomainError>,
+    ) -> Result<T, CommitError> {
+        loop {
+            let mut resolved = self.resolved.subscribe();
+            match self.commit(&mut decide, true).await? {
+                Outcome::Done(v) => return Ok(v),
+                Outcome::Wait(ticket) => {
+                    while self.lock().in_flight.iter().any(|f| f.ticket <= ticket) {
+                        if resolved.changed().await.is_err() {
+                            return Err(CommitError::Log("the tenant is shutting down".into()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One pass of the commit path. With `wait`, a decision without drafts
+    /// taken while events are in flight is not answered yet
+    /// ([`Outcome::Wait`]).
     async fn commit<T: Send + 'static>(
         self: &Arc<Self>,
         decide: impl FnOnce(Decide<'_>) -> Result<(Vec<Draft>, T), DomainError>,
-    ) -> Result<T, CommitError> {
+        wait: bool,
+    ) -> Result<Outcome<T>, CommitError> {
         let (pending, ticket, value) = {
             let mut g = self.lock();
             let inner = &mut *g;
@@ -197,7 +239,10 @@ impl Tenant {
             // once: they are not events.
             self.publish_outputs(inner, &HashSet::new());
             if drafts.is_empty() {
-                return Ok(value);
+                return Ok(match inner.in_flight.back() {
+                    Some(last) if wait => Outcome::Wait(last.ticket),
+                    _ => Outcome::Done(value),
+                });
             }
             let (seq, hash) = inner.chain.head();
             let (seq, hash) = (seq, hash.to_owned());
@@ -231,21 +276,24 @@ impl Tenant {
                 .await
                 .unwrap_or_else(|_| Err(Arc::new(crate::log::StoreError::Closed)));
             let mut g = me.lock();
-            match outcome {
+            let result = match outcome {
                 Ok(()) => {
                     me.settle(&mut g, ticket);
                     Ok(())
                 }
                 Err(e) => {
                     if g.in_flight.iter().any(|f| f.ticket == ticket) {
-                        me.fall_back(&mut g);
+                        me.fall_back(&mut g, ticket);
                     }
                     Err(CommitError::Log(e.to_string()))
                 }
-            }
+            };
+            drop(g);
+            me.resolved.send_modify(|n| *n += 1);
+            result
         });
         match settled.await {
-            Ok(Ok(())) => Ok(value),
+            Ok(Ok(())) => Ok(Outcome::Done(value)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(CommitError::Log("the commit task failed".into())),
         }
@@ -258,6 +306,7 @@ impl Tenant {
         let mut events = Vec::new();
         while inner.in_flight.front().is_some_and(|f| f.ticket <= ticket) {
             if let Some(f) = inner.in_flight.pop_front() {
+                inner.visible_head = (f.event.seq, f.event.hash.clone());
                 let change = inner.visible.apply(&f.event);
                 inner
                     .tracker
@@ -287,31 +336,45 @@ impl Tenant {
         self.publish_outputs(inner, &told);
     }
 
-    /// After a failed append: what is durable is applied, the rest of what
-    /// was in flight is dropped (the log refuses it), and commands decide
-    /// from the durable state again.
-    fn fall_back(&self, inner: &mut Inner) {
-        let (seq, hash) = self
-            .log
-            .head(&self.id)
-            .unwrap_or_else(|| (0, GENESIS.to_owned()));
-        let durable = inner
+    /// After the append of `failed` did not become durable: it and
+    /// everything queued behind it (chained onto it, so refused by the log)
+    /// is dropped; what was queued before it is left to its own outcome;
+    /// commands decide from the durable state plus that again. Drivers
+    /// whose proximity events were dropped get a fresh detector, so their
+    /// next fixes find the visit again instead of thinking it recorded.
+    fn fall_back(&self, inner: &mut Inner, failed: u64) {
+        let keep = inner
             .in_flight
             .iter()
-            .take_while(|f| f.event.seq <= seq)
-            .last()
-            .map(|f| f.ticket);
-        if let Some(t) = durable {
-            self.settle(inner, t);
-        }
-        let dropped = inner.in_flight.len();
-        inner.in_flight.clear();
-        inner.decided = inner.visible.clone();
+            .take_while(|f| f.ticket < failed)
+            .count();
+        let dropped: Vec<Flight> = inner.in_flight.drain(keep..).collect();
+        let (seq, hash) = inner.in_flight.back().map_or_else(
+            || inner.visible_head.clone(),
+            |f| (f.event.seq, f.event.hash.clone()),
+        );
         inner.chain.set_head(seq, hash);
+        let mut decided = inner.visible.clone();
+        for f in &inner.in_flight {
+            decided.apply(&f.event);
+        }
+        inner.decided = decided;
+        for f in &dropped {
+            let proximity = matches!(
+                f.event.kind,
+                EventKind::PickupArrived
+                    | EventKind::PickupDeparted
+                    | EventKind::DropoffArrived
+                    | EventKind::DropoffDeparted
+            );
+            if proximity && let Ok(driver) = SubjectId::parse(&f.event.actor.sub) {
+                inner.tracker.forget_detector(&driver);
+            }
+        }
         tracing::warn!(
             tenant = %self.id,
-            dropped,
-            "an append failed; commands in flight were refused and the tenant decides from the durable log again"
+            dropped = dropped.len(),
+            "an append failed; the commands behind it were refused and the tenant decides from what is durable again"
         );
     }
 
@@ -353,8 +416,11 @@ impl Tenant {
         token_sha256: String,
         now: UnixMillis,
     ) -> Result<DeliveryId, CommitError> {
-        self.commit(|s| s.decided.decide_create(who, req, token_sha256, now))
-            .await
+        self.command(|s| {
+            s.decided
+                .decide_create(who, req.clone(), token_sha256.clone(), now)
+        })
+        .await
     }
 
     /// Replaces a driver's ordered stops; returns them as they now stand.
@@ -365,7 +431,7 @@ impl Tenant {
         stops: &[DeliveryId],
         now: UnixMillis,
     ) -> Result<Vec<DeliveryId>, CommitError> {
-        self.commit(|s| Ok((s.decided.decide_route(who, driver, stops, now)?, ())))
+        self.command(|s| Ok((s.decided.decide_route(who, driver, stops, now)?, ())))
             .await?;
         Ok(self.read(|b, _| b.route(driver).to_vec()))
     }
@@ -379,8 +445,11 @@ impl Tenant {
         reason: Option<String>,
         now: UnixMillis,
     ) -> Result<Status, CommitError> {
-        self.commit(|s| s.decided.decide_status(who, id, change, reason, now))
-            .await
+        self.command(|s| {
+            s.decided
+                .decide_status(who, id, change, reason.clone(), now)
+        })
+        .await
     }
 
     /// Revokes a device: its tokens are refused and its session ends.
@@ -390,7 +459,7 @@ impl Tenant {
         device: &DeviceId,
         now: UnixMillis,
     ) -> Result<bool, CommitError> {
-        self.commit(|s| s.decided.decide_revoke_device(who, device, now))
+        self.command(|s| s.decided.decide_revoke_device(who, device, now))
             .await
     }
 
@@ -401,7 +470,7 @@ impl Tenant {
         id: &DeliveryId,
         now: UnixMillis,
     ) -> Result<(), CommitError> {
-        self.commit(|s| Ok((s.decided.decide_revoke_link(who, id, now)?, ())))
+        self.command(|s| Ok((s.decided.decide_revoke_link(who, id, now)?, ())))
             .await
     }
 
@@ -413,7 +482,7 @@ impl Tenant {
         to: i64,
         now: UnixMillis,
     ) -> Result<(), CommitError> {
-        self.commit(|_| Ok((vec![Book::decide_export(who, from, to, now)?], ())))
+        self.command(|_| Ok((vec![Book::decide_export(who, from, to, now)?], ())))
             .await
     }
 
@@ -425,23 +494,29 @@ impl Tenant {
         fixes: &[Fix],
         now: UnixMillis,
     ) -> Result<(), CommitError> {
-        self.commit(|s| {
-            let drafts = s.tracker.observe(s.visible, s.decided, who, fixes, now);
-            Ok((drafts, ()))
-        })
+        // Fixes are fed once: a batch without events is answered at once.
+        self.commit(
+            |s| {
+                let drafts = s.tracker.observe(s.visible, s.decided, who, fixes, now);
+                Ok((drafts, ()))
+            },
+            false,
+        )
         .await
+        .map(|_| ())
     }
 
     /// Opens a tracking link: records `link.opened` durably, then returns
-    /// the patient's current view and a subscription to later ones. `None`:
-    /// no link of this token is valid.
+    /// the patient's current view and, with `follow`, a subscription to
+    /// later ones. `None`: no link of this token is valid.
     pub async fn open_link(
         self: &Arc<Self>,
         token_sha256: &str,
         now: UnixMillis,
+        follow: bool,
     ) -> Result<Option<OpenedLink>, CommitError> {
         let opened = self
-            .commit(|s| {
+            .command(|s| {
                 Ok(match s.decided.decide_open_link(token_sha256, now) {
                     Some((draft, id)) => (vec![draft], Some(id)),
                     None => (Vec::new(), None),
@@ -459,9 +534,12 @@ impl Tenant {
         else {
             return Ok(None);
         };
+        if !follow {
+            return Ok(Some((Utf8Bytes::from(track.snapshot.encode()), None, id)));
+        }
         let rx = self.bus.subscribe_patient(&self.id, &id, &track.snapshot);
         let text = rx.borrow().clone();
-        Ok(Some((text, rx, id)))
+        Ok(Some((text, Some(rx), id)))
     }
 
     /// Whether a tracking link is still valid (for open sockets).
@@ -504,19 +582,26 @@ mod tests {
     use crate::log::store::{self, Recovery};
     use crate::log::{Pending, Store, StoreError, VerifyReport};
 
-    /// The segment store, with appends that fail on command (a full disk).
+    /// The segment store, with appends that fail on command (a full disk):
+    /// the next `fail_next` appends, or the append numbered `fail_call`.
+    /// A failure is reported at once, before appends queued earlier are
+    /// durable (as a log that answers out of order would).
     #[derive(Debug)]
     struct FailingLog {
         inner: Store,
         fail_next: AtomicUsize,
+        calls: AtomicUsize,
+        fail_call: AtomicUsize,
     }
 
     impl EventLog for FailingLog {
         fn append(&self, events: &[StoredEvent]) -> Pending {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
             let failing = self
                 .fail_next
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
+                .is_ok()
+                || self.fail_call.load(Ordering::SeqCst) == call;
             if failing {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let full = std::io::Error::from_raw_os_error(28);
@@ -597,6 +682,8 @@ mod tests {
         let log = Arc::new(FailingLog {
             inner: Store::open(dir, metrics.clone(), recovery).unwrap(),
             fail_next: AtomicUsize::new(0),
+            calls: AtomicUsize::new(0),
+            fail_call: AtomicUsize::new(0),
         });
         let bus = Arc::new(LocalBus::new([acme()], metrics.clone()));
         let t = Tenant::new(acme(), state, log.clone(), bus.clone(), metrics);
@@ -685,6 +772,62 @@ mod tests {
             b,
             Err(CommitError::Domain(DomainError::Transition { .. }))
         ));
+        assert_eq!(log.head(&acme()).map(|h| h.0), Some(2));
+        log.close().await;
+    }
+
+    /// A failure reported before an earlier append is durable: the earlier
+    /// one is still applied once it is, and the chain goes on after it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failure_ahead_of_an_earlier_append_keeps_the_earlier_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(DataKey::from_bytes(&[3u8; 32]).unwrap());
+        let (t, log, _) = open(dir.path(), &key);
+        let who = dispatcher();
+        let now = UnixMillis(1_764_072_000_000);
+        log.fail_call.store(2, Ordering::SeqCst);
+        let (one, two) = tokio::join!(
+            t.create(&who, create("rx-1"), "aa".into(), now),
+            t.create(&who, create("rx-2"), "bb".into(), now),
+        );
+        assert_eq!(one.unwrap(), rx1());
+        assert!(matches!(two, Err(CommitError::Log(_))), "{two:?}");
+        assert!(
+            t.read(|b, _| b.delivery(&rx1()).is_some()),
+            "the durable one is shown"
+        );
+        let rx2 = DeliveryId::parse("rx-2").unwrap();
+        assert_eq!(
+            t.create(&who, create("rx-2"), "bb".into(), now)
+                .await
+                .unwrap(),
+            rx2
+        );
+        let report = log.verify(&acme()).unwrap();
+        assert!(report.ok && report.events == 2, "{report:?}");
+        log.close().await;
+    }
+
+    /// A command that finds nothing to do because of an event still in
+    /// flight waits for it: when that event fails, the command decides
+    /// again and does the work, instead of answering "already done".
+    #[tokio::test(flavor = "current_thread")]
+    async fn nothing_to_do_is_not_answered_on_an_event_that_may_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(DataKey::from_bytes(&[3u8; 32]).unwrap());
+        let (t, log, _) = open(dir.path(), &key);
+        let who = dispatcher();
+        let now = UnixMillis(1_764_072_000_000);
+        t.create(&who, create("rx-1"), "aa".into(), now)
+            .await
+            .unwrap();
+        let id = rx1();
+        log.fail_next.store(1, Ordering::SeqCst);
+        let (first, second) =
+            tokio::join!(t.revoke_link(&who, &id, now), t.revoke_link(&who, &id, now),);
+        assert!(matches!(first, Err(CommitError::Log(_))), "{first:?}");
+        second.unwrap();
+        assert!(t.read(|b, _| b.delivery(&id).unwrap().link_revoked));
         assert_eq!(log.head(&acme()).map(|h| h.0), Some(2));
         log.close().await;
     }

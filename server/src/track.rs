@@ -51,14 +51,15 @@ pub fn sha256_hex(token: &str) -> String {
 
 type Opened = (
     Utf8Bytes,
-    watch::Receiver<Utf8Bytes>,
+    Option<watch::Receiver<Utf8Bytes>>,
     TenantId,
     DeliveryId,
     String,
 );
 
 /// Finds the link, records its opening durably, and returns its snapshot.
-async fn open(app: &App, peer: &PeerAddr, token: &str) -> Result<Opened, ApiError> {
+/// With `follow`, also subscribes to later snapshots.
+async fn open(app: &App, peer: &PeerAddr, token: &str, follow: bool) -> Result<Opened, ApiError> {
     let limits = &app.config.limits;
     if !app.link_limiter.allow(
         peer.0.ip(),
@@ -74,7 +75,7 @@ async fn open(app: &App, peer: &PeerAddr, token: &str) -> Result<Opened, ApiErro
     let hash = token_hash(token).ok_or_else(not_found)?;
     let now = crate::clock::now();
     for tenant in app.tenants.values() {
-        if let Some((text, rx, id)) = tenant.open_link(&hash, now).await? {
+        if let Some((text, rx, id)) = tenant.open_link(&hash, now, follow).await? {
             return Ok((text, rx, tenant.id.clone(), id, hash));
         }
     }
@@ -87,7 +88,7 @@ pub async fn snapshot(
     axum::Extension(peer): axum::Extension<PeerAddr>,
     Path(token): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (text, ..) = open(&app, &peer, &token).await?;
+    let (text, ..) = open(&app, &peer, &token, false).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         text.as_str().to_owned(),
@@ -103,7 +104,9 @@ pub async fn socket(
     mut req: Request,
 ) -> Result<Response, ApiError> {
     let up = Upgrade::new(&app, &mut req, PATIENT_MAX_MESSAGE, ws::SMALL_WRITES)?;
-    let (text, rx, tenant, _id, hash) = open(&app, &peer, &token).await?;
+    let (text, Some(rx), tenant, _id, hash) = open(&app, &peer, &token, true).await? else {
+        return Err(not_found());
+    };
     let app2 = app.clone();
     Ok(up.serve(&app, "patient", move |mut sock| async move {
         let end = serve(&app2, &mut sock, text, rx, &tenant, &hash).await;

@@ -110,8 +110,13 @@ pub struct LocalBus {
     patients: Mutex<HashMap<Key<DeliveryId>, watch::Sender<Utf8Bytes>>>,
     sessions: Mutex<HashMap<Key<DeviceId>, Live>>,
     next_session: AtomicU64,
+    /// Patient channels are pruned when there are this many.
+    prune_at: std::sync::atomic::AtomicUsize,
     metrics: Arc<Metrics>,
 }
+
+/// Patient channels kept before the first pruning.
+const PRUNE_MIN: usize = 1024;
 
 impl LocalBus {
     #[must_use]
@@ -124,6 +129,7 @@ impl LocalBus {
             patients: Mutex::default(),
             sessions: Mutex::default(),
             next_session: AtomicU64::new(1),
+            prune_at: std::sync::atomic::AtomicUsize::new(PRUNE_MIN),
             metrics,
         }
     }
@@ -194,7 +200,15 @@ impl Bus for LocalBus {
         // An open channel already carries `current`: views are published
         // and subscribed to under the tenant's lock.
         let mut map = self.patients.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry((tenant.clone(), id.clone()))
+        // Channels whose sockets all closed are pruned now and then (a
+        // delivery that has ended publishes nothing more to find them by).
+        let key = (tenant.clone(), id.clone());
+        if !map.contains_key(&key) && map.len() >= self.prune_at.load(Ordering::Relaxed) {
+            map.retain(|_, tx| tx.receiver_count() > 0);
+            self.prune_at
+                .store((map.len() * 2).max(PRUNE_MIN), Ordering::Relaxed);
+        }
+        map.entry(key)
             .or_insert_with(|| watch::channel(Utf8Bytes::from(current.encode())).0)
             .subscribe()
     }

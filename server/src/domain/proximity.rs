@@ -144,6 +144,7 @@ impl Tracker {
             drafts.push(proximity_draft(kind, id, who, now, &fix));
         }
         self.arrivals_inside(decided, who, now, &flags, &mut drafts);
+        self.departures_outside(decided, who, now, &flags, &mut drafts);
         drafts
     }
 
@@ -178,6 +179,68 @@ impl Tracker {
                                     .fences_of(&e.id)
                                     .is_some_and(|(_, f)| detector.is_inside(f))
                         })
+            }
+        }
+    }
+
+    /// A visit the book records while the detector does not (a detector
+    /// started afresh, after a restart or a failed append) ends when the
+    /// driver's newest trusted fix, accurate enough, lies beyond the fence
+    /// by the exit margin: departed, with that fix.
+    fn departures_outside(
+        &self,
+        book: &Book,
+        who: &Principal,
+        now: UnixMillis,
+        flags: &HashMap<DeliveryId, (bool, bool)>,
+        drafts: &mut Vec<Draft>,
+    ) {
+        let Some(detector) = self.detectors.get(&who.sub) else {
+            return;
+        };
+        let cfg = ProximityConfig::stop();
+        let Some(last) = detector
+            .track()
+            .last_trusted()
+            .filter(|f| f.accuracy_m.is_none_or(|a| a <= cfg.max_accuracy_m))
+        else {
+            return;
+        };
+        let beyond = |f: geofence::FenceId| {
+            !detector.is_inside(f)
+                && self
+                    .fences
+                    .get(f)
+                    .is_some_and(|fence| fence.distance_to_edge_m(last.point) > cfg.exit_margin_m)
+        };
+        for id in book.route(&who.sub) {
+            let Some(d) = book.delivery(id) else {
+                continue;
+            };
+            let Some((pickup, dropoff)) = self.fences_of(id) else {
+                continue;
+            };
+            let (at_pickup, at_dropoff) = flags
+                .get(id)
+                .copied()
+                .unwrap_or((d.at_pickup, d.at_dropoff));
+            if at_pickup && beyond(pickup) {
+                drafts.push(proximity_draft(
+                    EventKind::PickupDeparted,
+                    id,
+                    who,
+                    now,
+                    &last,
+                ));
+            }
+            if at_dropoff && beyond(dropoff) {
+                drafts.push(proximity_draft(
+                    EventKind::DropoffDeparted,
+                    id,
+                    who,
+                    now,
+                    &last,
+                ));
             }
         }
     }
@@ -242,5 +305,134 @@ impl Tracker {
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::Event;
+    use crate::domain::model::CreateDelivery;
+    use crate::domain::roles::Role;
+    use crate::domain::status::StatusChange;
+    use crate::types::{LatLng, SubjectId, TenantId};
+
+    const T0: i64 = 1_764_072_000_000;
+    /// The door: a 30 m circle.
+    const DOOR: (f64, f64) = (60.18, 24.95);
+
+    fn who(role: Role, sub: &str) -> Principal {
+        Principal {
+            tenant: TenantId::parse("acme").unwrap(),
+            sub: SubjectId::parse(sub).unwrap(),
+            role,
+            device: (role == Role::Driver).then(|| crate::types::DeviceId::parse("phone").unwrap()),
+            exp: i64::MAX,
+            auth_time: None,
+        }
+    }
+
+    /// Applies drafts to the book and the tracker, as the commit path does.
+    fn apply(book: &mut Book, tracker: &mut Tracker, seq: &mut u64, drafts: Vec<Draft>) {
+        for d in drafts {
+            *seq += 1;
+            let e = Event {
+                seq: *seq,
+                tenant: TenantId::parse("acme").unwrap(),
+                kind: d.kind,
+                delivery_id: d.delivery_id,
+                at: d.at,
+                device_ts: d.device_ts,
+                actor: d.actor,
+                where_: d.where_,
+                data: d.data,
+                prev: String::new(),
+                hash: String::new(),
+            };
+            let change = book.apply(&e);
+            tracker.react(book, change, UnixMillis(e.at));
+        }
+    }
+
+    fn fix(seq: u64, ms: i64, lat: f64, lng: f64) -> Fix {
+        Fix {
+            seq,
+            ts: UnixMillis(T0 + ms),
+            pos: LatLng::new(lat, lng).unwrap(),
+            acc: Some(5.0),
+            speed: Some(0.0),
+            heading: None,
+        }
+    }
+
+    /// A driver whose visit the book records but whose detector is new (a
+    /// restart, or a detector reset after a failed append): leaving the
+    /// fence is still a departure, and standing in it is not.
+    #[test]
+    fn a_recorded_visit_ends_when_a_fresh_detector_sees_the_driver_gone() {
+        let (mut book, mut tracker, mut seq) = (Book::default(), Tracker::default(), 0);
+        let disp = who(Role::Dispatcher, "alice");
+        let driver = who(Role::Driver, "d1");
+        let now = UnixMillis(T0);
+        let req: CreateDelivery = serde_json::from_value(serde_json::json!({
+            "id": "rx-1",
+            "pickup": {"lat": 60.17, "lng": 24.94, "radius_m": 40.0},
+            "dropoff": {"lat": DOOR.0, "lng": DOOR.1, "radius_m": 30.0},
+            "recipient": {"first_name": "Anneliese"},
+        }))
+        .unwrap();
+        let (d, id) = book.decide_create(&disp, req, "aa".into(), now).unwrap();
+        apply(&mut book, &mut tracker, &mut seq, d);
+        let d = book
+            .decide_route(&disp, &driver.sub, std::slice::from_ref(&id), now)
+            .unwrap();
+        apply(&mut book, &mut tracker, &mut seq, d);
+        let (d, _) = book
+            .decide_status(&disp, &id, StatusChange::PickedUp, None, now)
+            .unwrap();
+        apply(&mut book, &mut tracker, &mut seq, d);
+        // The driver stands at the door: arrived, as the log records it.
+        let mut ms = 0;
+        let mut n = 0;
+        let mut feed = |tracker: &mut Tracker, book: &Book, lat: f64, lng: f64| {
+            let mut out = Vec::new();
+            for _ in 0..10 {
+                ms += 1000;
+                n += 1;
+                let f = [fix(n, ms, lat, lng)];
+                out.extend(tracker.observe(book, book, &driver, &f, UnixMillis(T0 + ms)));
+            }
+            out
+        };
+        let arrived = feed(&mut tracker, &book, DOOR.0, DOOR.1);
+        assert!(
+            arrived.iter().any(|d| d.kind == EventKind::DropoffArrived),
+            "{arrived:?}"
+        );
+        apply(&mut book, &mut tracker, &mut seq, arrived);
+        assert!(book.delivery(&id).unwrap().at_dropoff);
+
+        // The detector is forgotten; the driver is still at the door: nothing.
+        tracker.forget_detector(&driver.sub);
+        let still = feed(&mut tracker, &book, DOOR.0, DOOR.1);
+        assert!(
+            still.iter().all(|d| d.kind != EventKind::DropoffDeparted),
+            "{still:?}"
+        );
+        // Forgotten again, and now 200 m away: departed, once.
+        tracker.forget_detector(&driver.sub);
+        let gone = feed(&mut tracker, &book, DOOR.0 + 0.0018, DOOR.1);
+        let departed: Vec<_> = gone
+            .iter()
+            .filter(|d| d.kind == EventKind::DropoffDeparted)
+            .collect();
+        assert!(!departed.is_empty(), "{gone:?}");
+        apply(&mut book, &mut tracker, &mut seq, gone);
+        assert!(!book.delivery(&id).unwrap().at_dropoff);
+        let after = feed(&mut tracker, &book, DOOR.0 + 0.0018, DOOR.1);
+        assert!(
+            after.iter().all(|d| d.kind != EventKind::DropoffDeparted),
+            "{after:?}"
+        );
     }
 }

@@ -138,6 +138,13 @@ impl Tracker {
         self.tracks.get(id)
     }
 
+    /// Forgets a driver's detector: its next fixes start a new one, which
+    /// finds the driver's visits again (the book keeps events from
+    /// repeating).
+    pub fn forget_detector(&mut self, driver: &SubjectId) {
+        self.detectors.remove(driver);
+    }
+
     /// What moved since last taken.
     pub fn take_outputs(&mut self) -> Outputs {
         let mut out = std::mem::take(&mut self.out);

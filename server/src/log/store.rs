@@ -574,8 +574,10 @@ impl Writer {
         match result {
             Ok(locations) => {
                 let events: usize = locations.iter().map(Vec::len).sum();
-                self.metrics.log_appends.inc_by(events as u64);
-                self.metrics.log_group_size.observe(events as f64);
+                if events > 0 {
+                    self.metrics.log_appends.inc_by(events as u64);
+                    self.metrics.log_group_size.observe(events as f64);
+                }
                 let mut locations = locations.into_iter();
                 let mut shared = lock(&self.shared);
                 shared.mark = DurableMark {
@@ -631,8 +633,13 @@ impl Writer {
         if accepted.is_empty() {
             return Ok(Vec::new());
         }
-        if self.len >= SEGMENT_MAX_BYTES {
-            self.rotate()?;
+        if self.len >= SEGMENT_MAX_BYTES
+            && let Err(e) = self.rotate()
+        {
+            // A half-made next segment would make every later rotation fail.
+            tracing::error!(error = %e, "starting a new delivery log segment failed; refusing further writes");
+            self.poisoned.store(true, Ordering::Release);
+            return Err(e);
         }
         buf.clear();
         let mut locations = Vec::with_capacity(accepted.len());
@@ -667,6 +674,13 @@ impl Writer {
         }
         let started = Instant::now();
         if let Err(e) = self.file.sync_data() {
+            // The callers are told it failed: cut what was written, so that
+            // a restart does not find it either (best effort: after a failed
+            // fdatasync the file's state is unknown, hence the poisoning).
+            let _ = self
+                .file
+                .set_len(self.len)
+                .and_then(|()| self.file.sync_data());
             tracing::error!(error = %e, "delivery log fdatasync failed; refusing further writes");
             self.poisoned.store(true, Ordering::Release);
             return Err(io_err(&path)(e));
