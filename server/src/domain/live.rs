@@ -312,8 +312,9 @@ impl Tracker {
     /// Updates the driver's position, speed and plan and the ETAs of its
     /// route (against `visible`, what patients are shown), and returns
     /// `dropoff.approaching` for stops whose ETA fell under the threshold
-    /// and whose approach `decided` (the book with the events in flight)
-    /// has not recorded yet.
+    /// and whose approach neither book records (`decided` holds the events
+    /// in flight; it is consulted only for such a stop, so that a fix
+    /// touches one book, not two).
     pub(crate) fn follow_fixes(
         &mut self,
         visible: &Book,
@@ -326,19 +327,25 @@ impl Tracker {
             return Vec::new();
         };
         let cfg = self.eta_cfg;
-        let live = self
-            .live
-            .entry(who.sub.clone())
-            .or_insert_with(|| DriverLive {
-                pos: last.pos,
-                seen: now,
-                speed: SpeedModel::default(),
-                heading: None,
-                plan: None,
-                off_route: 0,
-                searched_at: i64::MIN,
-                unplannable: None,
-            });
+        // The driver's id is cloned once, when it is first seen.
+        if !self.live.contains_key(&who.sub) {
+            self.live.insert(
+                who.sub.clone(),
+                DriverLive {
+                    pos: last.pos,
+                    seen: now,
+                    speed: SpeedModel::default(),
+                    heading: None,
+                    plan: None,
+                    off_route: 0,
+                    searched_at: i64::MIN,
+                    unplannable: None,
+                },
+            );
+        }
+        let Some(live) = self.live.get_mut(&who.sub) else {
+            return Vec::new();
+        };
         // Stopped at a stop of the route: no speed sample is a road's speed.
         let at_stop = visible
             .route(&who.sub)
@@ -384,13 +391,20 @@ impl Tracker {
         live.pos = last.pos;
         live.seen = now;
         self.refresh_route(visible, &who.sub, now);
-        decided
+        // Candidates from the visible book (what this fix already touched);
+        // the decided book, with what is in flight, confirms the few.
+        visible
             .route(&who.sub)
             .iter()
-            .filter_map(|id| decided.delivery(id))
+            .filter_map(|id| visible.delivery(id))
             .filter(|d| d.status == Status::EnRoute && !d.approached)
             .filter_map(|d| Some((d, self.tracks.get(&d.id)?.eta?)))
             .filter(|(_, e)| e.since(now) <= cfg.approaching_ms)
+            .filter(|(d, _)| {
+                decided
+                    .delivery(&d.id)
+                    .is_some_and(|d| d.status == Status::EnRoute && !d.approached)
+            })
             .map(|(d, e)| Draft {
                 kind: EventKind::DropoffApproaching,
                 delivery_id: Some(d.id.clone()),

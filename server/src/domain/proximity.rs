@@ -94,6 +94,11 @@ impl Tracker {
             }
         }
         let mut drafts = self.follow_fixes(visible, decided, who, fixes, now);
+        if found.is_empty() {
+            self.arrivals_inside(visible, decided, who, now, &HashMap::new(), &mut drafts);
+            self.departures_outside(visible, decided, who, now, &HashMap::new(), &mut drafts);
+            return drafts;
+        }
         let route = decided.route(&who.sub);
         // Flags as the events of this batch would leave them.
         let mut flags: HashMap<DeliveryId, (bool, bool)> = HashMap::new();
@@ -143,8 +148,8 @@ impl Tracker {
             };
             drafts.push(proximity_draft(kind, id, who, now, &fix));
         }
-        self.arrivals_inside(decided, who, now, &flags, &mut drafts);
-        self.departures_outside(decided, who, now, &flags, &mut drafts);
+        self.arrivals_inside(visible, decided, who, now, &flags, &mut drafts);
+        self.departures_outside(visible, decided, who, now, &flags, &mut drafts);
         drafts
     }
 
@@ -189,12 +194,23 @@ impl Tracker {
     /// by the exit margin: departed, with that fix.
     fn departures_outside(
         &self,
+        visible: &Book,
         book: &Book,
         who: &Principal,
         now: UnixMillis,
         flags: &HashMap<DeliveryId, (bool, bool)>,
         drafts: &mut Vec<Draft>,
     ) {
+        // Only a visit the visible book records is looked at (a fix then
+        // touches one book, not two); the decided book confirms it.
+        let visiting = visible
+            .route(&who.sub)
+            .iter()
+            .filter_map(|id| visible.delivery(id))
+            .any(|d| d.at_pickup || d.at_dropoff);
+        if !visiting {
+            return;
+        }
         let Some(detector) = self.detectors.get(&who.sub) else {
             return;
         };
@@ -217,13 +233,16 @@ impl Tracker {
             let Some(d) = book.delivery(id) else {
                 continue;
             };
-            let Some((pickup, dropoff)) = self.fences_of(id) else {
-                continue;
-            };
             let (at_pickup, at_dropoff) = flags
                 .get(id)
                 .copied()
                 .unwrap_or((d.at_pickup, d.at_dropoff));
+            if !(at_pickup || at_dropoff) {
+                continue;
+            }
+            let Some((pickup, dropoff)) = self.fences_of(id) else {
+                continue;
+            };
             if at_pickup && beyond(pickup) {
                 drafts.push(proximity_draft(
                     EventKind::PickupDeparted,
@@ -253,22 +272,33 @@ impl Tracker {
     /// arrived flags as this batch's events leave them.
     fn arrivals_inside(
         &self,
+        visible: &Book,
         book: &Book,
         who: &Principal,
         now: UnixMillis,
         flags: &HashMap<DeliveryId, (bool, bool)>,
         drafts: &mut Vec<Draft>,
     ) {
-        let route = book.route(&who.sub);
         let Some(detector) = self.detectors.get(&who.sub) else {
-            return;
-        };
-        let Some(last) = detector.track().last_trusted() else {
             return;
         };
         if !detector.is_stopped() {
             return;
         }
+        let Some(last) = detector.track().last_trusted() else {
+            return;
+        };
+        // Only while inside a fence of the visible route; the decided book
+        // confirms (a fix then touches one book, not two).
+        let inside = visible
+            .route(&who.sub)
+            .iter()
+            .filter_map(|id| self.fences_of(id))
+            .any(|(p, q)| detector.is_inside(p) || detector.is_inside(q));
+        if !inside {
+            return;
+        }
+        let route = book.route(&who.sub);
         for id in route {
             let Some(d) = book.delivery(id) else {
                 continue;

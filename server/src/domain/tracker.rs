@@ -52,7 +52,10 @@ pub struct Outputs {
 impl Outputs {
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self == &Self::default()
+        self.patients.is_empty()
+            && self.changed.is_empty()
+            && self.closed_links.is_empty()
+            && self.revoked.is_empty()
     }
 }
 
@@ -326,7 +329,14 @@ impl Tracker {
     }
 }
 
+/// Drops repeats, keeping first places (the lists are a few ids long).
 fn dedup(ids: &mut Vec<DeliveryId>) {
-    let mut seen = std::collections::HashSet::new();
-    ids.retain(|id| seen.insert(id.clone()));
+    let mut i = 0;
+    while i < ids.len() {
+        if ids[..i].contains(&ids[i]) {
+            ids.remove(i);
+        } else {
+            i += 1;
+        }
+    }
 }
