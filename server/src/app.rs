@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,13 +41,13 @@ pub struct App {
 }
 
 impl App {
-    /// Opens the data folder: recovers the log (cutting a torn tail),
-    /// rebuilds every tenant's state from it, and starts the log writer.
-    pub fn open(config: Config, shutdown: CancellationToken) -> anyhow::Result<Arc<Self>> {
+    /// Opens the delivery log (the data folder's, or PostgreSQL's with
+    /// `[postgres]`), rebuilds every tenant's state from it, and starts the
+    /// log writer (and, on PostgreSQL, the tailing of other nodes' events).
+    pub async fn open(config: Config, shutdown: CancellationToken) -> anyhow::Result<Arc<Self>> {
         let metrics = Arc::new(Metrics::new());
         crate::fsutil::create_private_dir(&config.data_dir)
             .with_context(|| format!("creating data folder {}", config.data_dir.display()))?;
-        let log_dir = config.data_dir.join("log");
         let network = load_network(&config)?;
         let fresh = |key: Arc<DataKey>, id: &TenantId| {
             let name = config
@@ -73,28 +73,7 @@ impl App {
             .filter_map(|(id, k)| k.as_ref().map(|k| (id.clone(), fresh(k.clone(), id))))
             .collect();
 
-        let recovery = log::store::recover(&log_dir, |stored, _| {
-            let Ok(tid) = TenantId::parse(&stored.tenant) else {
-                return Ok(());
-            };
-            match keys.get(&tid) {
-                // A tenant no longer configured: its chain is kept, its state is not loaded.
-                None => Ok(()),
-                Some(None) => bail!(
-                    "the log holds events of tenant {tid} but its data key {} is missing (shredded?); \
-                     remove the tenant from the configuration or restore the key",
-                    log::crypto::key_path(&config.data_dir, &tid).display()
-                ),
-                Some(Some(_)) => {
-                    let seq = stored.seq;
-                    states
-                        .get_mut(&tid)
-                        .context("tenant with a key has state")?
-                        .replay(stored)
-                        .with_context(|| format!("opening event {seq} of tenant {tid}"))
-                }
-            }
-        })?;
+        let log = open_log(&config, &keys, &mut states, &metrics).await?;
         for t in &config.tenants {
             if !states.contains_key(&t.id) {
                 let key = DataKey::load(&config.data_dir, &t.id, true)?
@@ -102,20 +81,13 @@ impl App {
                 states.insert(t.id.clone(), fresh(Arc::new(key), &t.id));
             }
         }
-        tracing::info!(
-            events = recovery.events,
-            torn_tail_bytes = recovery.truncated_bytes,
-            tenants = states.len(),
-            "delivery log recovered"
-        );
         let active: usize = states.values().map(Replayed::active_count).sum();
         metrics
             .deliveries_active
             .set(i64::try_from(active).unwrap_or(i64::MAX));
 
-        let log: Arc<dyn EventLog> = Arc::new(Store::open(&log_dir, metrics.clone(), recovery)?);
         let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(states.keys().cloned(), metrics.clone()));
-        let tenants = states
+        let tenants: HashMap<TenantId, Arc<Tenant>> = states
             .into_iter()
             .map(|(id, state)| {
                 let t = Tenant::new(id.clone(), state, log.clone(), bus.clone(), metrics.clone());
@@ -123,6 +95,9 @@ impl App {
             })
             .collect();
         let config_limit = config.limits.max_connections;
+        if let Some(changes) = log.changes() {
+            tokio::spawn(tail(changes, tenants.clone()));
+        }
         Ok(Arc::new(Self {
             verifier: config.verifier(),
             config,
@@ -164,6 +139,95 @@ impl App {
         token.map_or(Err(crate::auth::AuthError::Missing), |t| {
             self.verifier.verify(t, crate::clock::now())
         })
+    }
+}
+
+/// Opens the delivery log and replays it into the tenants' states: the
+/// PostgreSQL log with `[postgres]`, else the data folder's segments
+/// (recovered first: a torn tail is cut).
+async fn open_log(
+    config: &Config,
+    keys: &HashMap<TenantId, Option<Arc<DataKey>>>,
+    states: &mut HashMap<TenantId, Replayed>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn EventLog>> {
+    let log_dir = config.data_dir.join("log");
+    let missing_key = |tid: &TenantId| {
+        anyhow::anyhow!(
+            "the log holds events of tenant {tid} but its data key {} is missing (shredded?); \
+             remove the tenant from the configuration or restore the key",
+            log::crypto::key_path(&config.data_dir, tid).display()
+        )
+    };
+    Ok(if let Some(url) = &config.postgres {
+        let ids: Vec<TenantId> = config.tenants.iter().map(|t| t.id.clone()).collect();
+        let pg = log::pg::PgLog::connect(url.expose(), ids.clone())
+            .await
+            .context("connecting to the PostgreSQL delivery log ([postgres])")?;
+        let mut events = 0;
+        for id in &ids {
+            let stored = pg
+                .read_after_async(id.as_str(), 0)
+                .await
+                .with_context(|| format!("reading tenant {id}'s events from PostgreSQL"))?;
+            if stored.is_empty() {
+                continue;
+            }
+            let state = states.get_mut(id).ok_or_else(|| missing_key(id))?;
+            for e in stored {
+                let seq = e.seq;
+                state
+                    .replay(e)
+                    .with_context(|| format!("opening event {seq} of tenant {id}"))?;
+                events += 1;
+            }
+        }
+        tracing::info!(
+            events,
+            tenants = ids.len(),
+            "delivery log read from PostgreSQL"
+        );
+        Arc::new(pg)
+    } else {
+        let recovery = log::store::recover(&log_dir, |stored, _| {
+            let Ok(tid) = TenantId::parse(&stored.tenant) else {
+                return Ok(());
+            };
+            match keys.get(&tid) {
+                // A tenant no longer configured: its chain is kept, its state is not loaded.
+                None => Ok(()),
+                Some(None) => Err(missing_key(&tid)),
+                Some(Some(_)) => {
+                    let seq = stored.seq;
+                    states
+                        .get_mut(&tid)
+                        .context("tenant with a key has state")?
+                        .replay(stored)
+                        .with_context(|| format!("opening event {seq} of tenant {tid}"))
+                }
+            }
+        })?;
+        tracing::info!(
+            events = recovery.events,
+            torn_tail_bytes = recovery.truncated_bytes,
+            "delivery log recovered"
+        );
+        Arc::new(Store::open(&log_dir, metrics.clone(), recovery)?)
+    })
+}
+
+/// Takes in what other nodes append, tenant by tenant, as the log reports
+/// it (several nodes on one PostgreSQL log).
+async fn tail(
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<TenantId>,
+    tenants: HashMap<TenantId, Arc<Tenant>>,
+) {
+    while let Some(id) = changes.recv().await {
+        if let Some(t) = tenants.get(&id)
+            && let Err(e) = t.catch_up().await
+        {
+            tracing::warn!(tenant = %id, error = %e, "catching up with other nodes failed; retrying on the next change");
+        }
     }
 }
 

@@ -67,6 +67,11 @@ impl From<CommitError> for ApiError {
                     "sealing failed",
                 )
             }
+            CommitError::Conflict(_) | CommitError::Contended(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "contended",
+                "other nodes kept changing this tenant's log at the same moment; retry",
+            ),
             CommitError::Log(m) => {
                 tracing::error!(error = %m, "a change could not be made durable");
                 Self::new(

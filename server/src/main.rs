@@ -82,6 +82,15 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// Create or upgrade the PostgreSQL schema of the delivery log.
+    Migrate {
+        /// A connection URL with the right to create tables (the owner).
+        #[arg(long, env = "RXTRACK_POSTGRES_ADMIN_URL")]
+        postgres: String,
+        /// The role the servers connect as: it may then insert and read, nothing more.
+        #[arg(long)]
+        grant_to: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -90,6 +99,9 @@ enum LogCommand {
     Verify {
         #[command(flatten)]
         at: Where,
+        /// Check the PostgreSQL log instead (a role that reads every row).
+        #[arg(long)]
+        postgres: Option<String>,
     },
 }
 
@@ -162,13 +174,19 @@ fn token(
     Ok(())
 }
 
-fn verify(at: &Where) -> anyhow::Result<ExitCode> {
-    let dir = match (&at.data_dir, &at.config) {
-        (Some(d), _) => d.clone(),
-        (None, Some(_)) => load_config(at)?.0.data_dir,
-        (None, None) => PathBuf::from(DEFAULT_DATA_DIR),
+fn verify(at: &Where, postgres: Option<&str>) -> anyhow::Result<ExitCode> {
+    let report = if let Some(url) = postgres {
+        runtime()?
+            .block_on(rxtrack_server::log::pg::verify_all(url))
+            .context("verifying the PostgreSQL log")?
+    } else {
+        let dir = match (&at.data_dir, &at.config) {
+            (Some(d), _) => d.clone(),
+            (None, Some(_)) => load_config(at)?.0.data_dir,
+            (None, None) => PathBuf::from(DEFAULT_DATA_DIR),
+        };
+        rxtrack_server::log::verify_dir(&dir.join("log"))?
     };
-    let report = rxtrack_server::log::verify_dir(&dir.join("log"))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(if report.ok {
         ExitCode::SUCCESS
@@ -241,7 +259,8 @@ async fn serve(
     let shutdown = CancellationToken::new();
     // Recovery runs before the node says it is listening.
     let app = rxtrack_server::app::App::open(config, shutdown.clone())
-        .context("opening the data folder")?;
+        .await
+        .context("opening the delivery log")?;
     println!("rxtrack listening on http://{addr}");
     if demo {
         quick_start(&addr, &data_dir);
@@ -297,6 +316,13 @@ async fn serve(
     rxtrack_server::server::run_app(listener, app).await
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -336,8 +362,18 @@ fn main() -> ExitCode {
         } => token(&at, tenant.as_deref(), &role, &sub, device.as_deref(), &ttl)
             .map(|()| ExitCode::SUCCESS),
         Command::Log {
-            command: LogCommand::Verify { at },
-        } => verify(&at),
+            command: LogCommand::Verify { at, postgres },
+        } => verify(&at, postgres.as_deref()),
+        Command::Migrate { postgres, grant_to } => runtime().and_then(|rt| {
+            let version = rt
+                .block_on(rxtrack_server::log::pg::migrate(
+                    &postgres,
+                    grant_to.as_deref(),
+                ))
+                .context("migrating the PostgreSQL schema")?;
+            println!("delivery log schema at version {version}");
+            Ok(ExitCode::SUCCESS)
+        }),
     };
     match result {
         Ok(code) => code,

@@ -28,7 +28,9 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = App::open(config, shutdown).context("opening the data folder")?;
+    let app = App::open(config, shutdown)
+        .await
+        .context("opening the delivery log")?;
     run_app(listener, app).await
 }
 

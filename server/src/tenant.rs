@@ -32,6 +32,7 @@ use crate::domain::{
     StatusChange, Track, Tracker, eta::EtaConfig,
 };
 use crate::log::{CryptoError, DataKey, EventLog, GENESIS, StoredEvent, TenantChain};
+
 use crate::metrics::Metrics;
 use crate::protocol::Fix;
 use crate::types::{DeliveryId, DeviceId, SubjectId, TenantId, UnixMillis};
@@ -45,7 +46,17 @@ pub enum CommitError {
     Seal(#[from] CryptoError),
     #[error("the delivery log could not make the change durable: {0}")]
     Log(String),
+    /// Another node extended the tenant's chain first (decide again).
+    #[error("another node extended the tenant's log first: {0}")]
+    Conflict(String),
+    /// Another node extended the tenant's chain first, again and again.
+    #[error("the change lost the race for the tenant's log {0} times in a row; retry")]
+    Contended(u32),
 }
+
+/// How many times a command decides again after losing the race for its
+/// tenant's chain to another node.
+const MAX_RETRIES: u32 = 8;
 
 /// What one pass of the commit path came to.
 enum Outcome<T> {
@@ -204,9 +215,23 @@ impl Tenant {
         self: &Arc<Self>,
         mut decide: impl FnMut(Decide<'_>) -> Result<(Vec<Draft>, T), DomainError>,
     ) -> Result<T, CommitError> {
+        let mut lost = 0;
         loop {
             let mut resolved = self.resolved.subscribe();
-            match self.commit(&mut decide, true).await? {
+            let outcome = match self.commit(&mut decide, true).await {
+                Err(CommitError::Conflict(_)) => {
+                    // Another node extended the chain first: read what it
+                    // wrote, then decide again against it.
+                    lost += 1;
+                    if lost > MAX_RETRIES {
+                        return Err(CommitError::Contended(lost - 1));
+                    }
+                    self.catch_up().await?;
+                    continue;
+                }
+                other => other?,
+            };
+            match outcome {
                 Outcome::Done(v) => return Ok(v),
                 Outcome::Wait(ticket) => {
                     while self.lock().in_flight.iter().any(|f| f.ticket <= ticket) {
@@ -285,7 +310,11 @@ impl Tenant {
                     if g.in_flight.iter().any(|f| f.ticket == ticket) {
                         me.fall_back(&mut g, ticket);
                     }
-                    Err(CommitError::Log(e.to_string()))
+                    if matches!(*e, crate::log::StoreError::Conflict { .. }) {
+                        Err(CommitError::Conflict(e.to_string()))
+                    } else {
+                        Err(CommitError::Log(e.to_string()))
+                    }
                 }
             };
             drop(g);
@@ -302,24 +331,32 @@ impl Tenant {
     /// Applies every event in flight up to `ticket` (all durable: the log
     /// writes in order and refuses anything after a failure) and publishes.
     fn settle(&self, inner: &mut Inner, ticket: u64) {
-        let before = inner.visible.active_count();
         let mut events = Vec::new();
         while inner.in_flight.front().is_some_and(|f| f.ticket <= ticket) {
             if let Some(f) = inner.in_flight.pop_front() {
-                inner.visible_head = (f.event.seq, f.event.hash.clone());
-                let change = inner.visible.apply(&f.event);
-                inner
-                    .tracker
-                    .react(&inner.visible, change, UnixMillis(f.event.at));
                 events.push(f.event);
             }
+        }
+        self.apply_durable(inner, &events);
+    }
+
+    /// Applies durable events (in log order) to the visible book and the
+    /// read model, and publishes them and what they moved.
+    fn apply_durable(&self, inner: &mut Inner, events: &[Event]) {
+        let before = inner.visible.active_count();
+        for e in events {
+            inner.visible_head = (e.seq, e.hash.clone());
+            let change = inner.visible.apply(e);
+            inner
+                .tracker
+                .react(&inner.visible, change, UnixMillis(e.at));
         }
         let after = inner.visible.active_count();
         self.metrics
             .deliveries_active
             .add(i64::try_from(after).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(0));
         let mut told = HashSet::new();
-        for e in &events {
+        for e in events {
             self.bus.event(&self.id, e);
             // Only events that change a delivery warrant a delivery message.
             if matches!(
@@ -334,6 +371,76 @@ impl Tenant {
             }
         }
         self.publish_outputs(inner, &told);
+    }
+
+    /// Takes in what other nodes appended to this tenant's chain (read from
+    /// the log, in order): each event after the visible head is applied and
+    /// published as if it were this node's. An event of this node's own in
+    /// flight is recognised by its hash; one in flight that lost its place
+    /// to another node's is dropped with everything behind it (the log
+    /// refuses them; their commands decide again).
+    pub fn absorb(&self, stored: Vec<StoredEvent>) -> Result<usize, CryptoError> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let mut fresh = Vec::new();
+        let mut lost = false;
+        for s in stored {
+            let next = inner.visible_head.0 + 1 + fresh.len() as u64;
+            if s.seq < next {
+                continue;
+            }
+            if s.seq > next {
+                break;
+            }
+            match inner.in_flight.front() {
+                Some(f) if f.event.seq == s.seq && f.event.hash == s.hash => {
+                    if let Some(f) = inner.in_flight.pop_front() {
+                        fresh.push(f.event);
+                    }
+                    continue;
+                }
+                Some(f) if f.event.seq <= s.seq => {
+                    inner.in_flight.clear();
+                    lost = true;
+                }
+                _ => {}
+            }
+            fresh.push(crate::log::open_with(&self.key, s)?);
+        }
+        let n = fresh.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let ours_left = !inner.in_flight.is_empty();
+        self.apply_durable(inner, &fresh);
+        if !ours_left {
+            inner.decided = inner.visible.clone();
+            let (seq, hash) = inner.visible_head.clone();
+            inner.chain.set_head(seq, hash);
+        }
+        if lost {
+            tracing::debug!(tenant = %self.id, "another node extended the chain first; this node's commands in flight decide again");
+        }
+        drop(g);
+        self.resolved.send_modify(|n| *n += 1);
+        Ok(n)
+    }
+
+    /// Reads and takes in what other nodes appended since the visible head.
+    pub async fn catch_up(&self) -> Result<usize, CommitError> {
+        let after = self.visible_seq();
+        let events = self
+            .log
+            .read_after(&self.id, after)
+            .await
+            .map_err(|e| CommitError::Log(e.to_string()))?;
+        Ok(self.absorb(events)?)
+    }
+
+    /// The seq of the last event applied.
+    #[must_use]
+    pub fn visible_seq(&self) -> u64 {
+        self.lock().visible_head.0
     }
 
     /// After the append of `failed` did not become durable: it and
@@ -495,15 +602,26 @@ impl Tenant {
         now: UnixMillis,
     ) -> Result<(), CommitError> {
         // Fixes are fed once: a batch without events is answered at once.
-        self.commit(
-            |s| {
-                let drafts = s.tracker.observe(s.visible, s.decided, who, fixes, now);
-                Ok((drafts, ()))
-            },
-            false,
-        )
-        .await
-        .map(|_| ())
+        let done = self
+            .commit(
+                |s| {
+                    let drafts = s.tracker.observe(s.visible, s.decided, who, fixes, now);
+                    Ok((drafts, ()))
+                },
+                false,
+            )
+            .await;
+        match done {
+            Err(CommitError::Conflict(_)) => {
+                // Another node wrote first: take its events in, and let the
+                // driver's next fixes find the visit again against them (a
+                // fresh detector; the book keeps events from repeating).
+                self.catch_up().await?;
+                self.lock().tracker.forget_detector(&who.sub);
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// Opens a tracking link: records `link.opened` durably, then returns
@@ -634,6 +752,15 @@ mod tests {
         }
         fn verify(&self, tenant: &TenantId) -> Result<VerifyReport, StoreError> {
             EventLog::verify(&self.inner, tenant)
+        }
+        fn read_after(
+            &self,
+            tenant: &TenantId,
+            seq: u64,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send + '_>,
+        > {
+            EventLog::read_after(&self.inner, tenant, seq)
         }
         fn healthy(&self) -> bool {
             true

@@ -7,6 +7,7 @@
     reason = "test helpers fail the test by panicking, with a message"
 )]
 pub mod browser;
+pub mod pg;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -133,6 +134,8 @@ pub struct Server {
     pub output: Arc<Mutex<String>>,
     extra_config: String,
     env: Vec<(String, String)>,
+    /// Another server's data folder to use (several nodes sharing tenant keys).
+    shared_data: Option<PathBuf>,
 }
 
 impl Server {
@@ -147,6 +150,15 @@ impl Server {
     /// # Panics
     /// When the server does not start.
     pub fn start_with(extra_config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_node(extra_config, env, None)
+    }
+
+    /// Starts a server whose data folder is `data` (another node's: the
+    /// tenants' data keys are shared by every node of a deployment).
+    ///
+    /// # Panics
+    /// When the server does not start.
+    pub fn start_node(extra_config: &str, env: &[(&str, &str)], data: Option<PathBuf>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("acme.secret"), ACME_SECRET).expect("write secret");
         let mut s = Self {
@@ -159,6 +171,7 @@ impl Server {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            shared_data: data,
         };
         s.spawn();
         s
@@ -170,7 +183,9 @@ impl Server {
 
     /// The data folder.
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.shared_data
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("data"))
     }
 
     fn spawn(&mut self) {
@@ -187,9 +202,10 @@ impl Server {
             self.addr.clone()
         };
         let config = format!(
-            "listen = \"{listen}\"\npublic_url = \"https://track.example.test\"\ndata_dir = \"data\"\n{}\n\
+            "listen = \"{listen}\"\npublic_url = \"https://track.example.test\"\ndata_dir = \"{}\"\n{}\n\
              [[tenants]]\nid = \"acme\"\nhs256_secret_file = \"acme.secret\"\ndisplay_name = \"Apteekki Acme\"\n\
              [[tenants]]\nid = \"beta\"\nhs256_secret_env = \"BETA_JWT\"\n",
+            self.data_dir().display(),
             self.extra_config
         );
         std::fs::write(self.config_path(), config).expect("write config");

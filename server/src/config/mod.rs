@@ -59,6 +59,7 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     redis: Option<RawRedis>,
+    postgres: Option<RawPostgres>,
     map_tile_url: Option<String>,
     proximity: Option<bool>,
     #[serde(default)]
@@ -77,6 +78,13 @@ struct RawTenant {
     max_staff_token_ttl_s: Option<i64>,
     max_driver_token_ttl_s: Option<i64>,
     display_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    url: Option<String>,
+    url_env: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -172,6 +180,53 @@ pub struct Config {
     pub proximity: bool,
     /// The road network for ETAs (`roads = …`); none: straight lines.
     pub roads: Option<RoadsSource>,
+    /// The delivery log in PostgreSQL (`[postgres]`); none: the embedded log.
+    pub postgres: Option<PostgresUrl>,
+}
+
+/// A PostgreSQL connection URL: it may hold a password, so it never prints.
+#[derive(Clone)]
+pub struct PostgresUrl(String);
+
+impl PostgresUrl {
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PostgresUrl(<redacted>)")
+    }
+}
+
+fn parse_postgres(
+    r: &RawPostgres,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<PostgresUrl, ConfigError> {
+    let url = match (&r.url, &r.url_env) {
+        (Some(u), None) => u.clone(),
+        (None, Some(var)) => env(var).ok_or_else(|| {
+            invalid(
+                "postgres.url_env",
+                format!("environment variable {var} is not set"),
+            )
+        })?,
+        _ => {
+            return Err(invalid(
+                "postgres",
+                "give url or url_env (one of them): the connection URL of the log of record",
+            ));
+        }
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(invalid(
+            "postgres.url",
+            "must start with postgres:// or postgresql://",
+        ));
+    }
+    Ok(PostgresUrl(url))
 }
 
 /// A validated tile URL template.
@@ -283,6 +338,11 @@ impl Config {
                 .as_deref()
                 .map(|v| parse_roads(v, base))
                 .transpose()?,
+            postgres: raw
+                .postgres
+                .as_ref()
+                .map(|p| parse_postgres(p, &env))
+                .transpose()?,
         })
     }
 
@@ -306,6 +366,7 @@ impl Config {
             eta: EtaConfig::default(),
             proximity: true,
             roads: None,
+            postgres: None,
         })
     }
 

@@ -182,3 +182,47 @@ fn demo_creates_its_secret_once() {
     assert_eq!(a.tenants[0].hs256_secret, b.tenants[0].hs256_secret);
     assert_eq!(a.tenants[0].hs256_secret.as_ref().unwrap().len(), 64);
 }
+
+#[test]
+fn the_postgres_log_is_named_by_a_url_that_never_prints() {
+    let base = "[[tenants]]\nid = \"acme\"\nhs256_secret_env = \"S\"\n";
+    let env = |k: &str| match k {
+        "S" => Some("0123456789abcdef0123456789abcdef".to_owned()),
+        "PG" => Some("postgres://app:hunter2@db:5432/rxtrack".to_owned()),
+        _ => None,
+    };
+    let at = Path::new("/etc/rxtrack/rxtrack.toml");
+    let c = Config::parse(
+        &format!("{base}[postgres]\nurl = \"postgres://app:hunter2@db/rxtrack\"\n"),
+        at,
+        env,
+    )
+    .unwrap();
+    assert_eq!(
+        c.postgres.as_ref().unwrap().expose(),
+        "postgres://app:hunter2@db/rxtrack"
+    );
+    assert!(
+        !format!("{c:?}").contains("hunter2"),
+        "the password printed"
+    );
+    let c = Config::parse(&format!("{base}[postgres]\nurl_env = \"PG\"\n"), at, env).unwrap();
+    assert!(c.postgres.is_some());
+    for (bad, why) in [
+        ("[postgres]\n", "give url or url_env"),
+        (
+            "[postgres]\nurl = \"mysql://x\"\n",
+            "must start with postgres://",
+        ),
+        ("[postgres]\nurl_env = \"NOPE\"\n", "NOPE is not set"),
+        (
+            "[postgres]\nurl = \"postgres://x\"\nurl_env = \"PG\"\n",
+            "one of them",
+        ),
+    ] {
+        let e = Config::parse(&format!("{base}{bad}"), at, env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(why) && e.contains("postgres"), "{bad}: {e}");
+    }
+}

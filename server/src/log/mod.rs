@@ -13,6 +13,7 @@
 
 pub mod crypto;
 pub mod event;
+pub mod pg;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -56,6 +57,18 @@ pub trait EventLog: Send + Sync + fmt::Debug {
     ) -> Result<(), StoreError>;
     /// Checks a tenant's chain as stored. Blocking.
     fn verify(&self, tenant: &TenantId) -> Result<VerifyReport, StoreError>;
+    /// A tenant's durable events after `seq`, in chain order: what other
+    /// nodes appended (a node that lost a race, or a node catching up).
+    fn read_after(
+        &self,
+        tenant: &TenantId,
+        seq: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send + '_>>;
+    /// Tenants whose chains other nodes extend, as they do (taken once; a
+    /// log with a single writer has none).
+    fn changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<TenantId>> {
+        None
+    }
     /// Whether the log accepts writes.
     fn healthy(&self) -> bool;
     /// Writes what is queued and stops.
@@ -108,6 +121,20 @@ impl EventLog for Store {
         let mut v = Verifier::new(Some(tenant.as_str()));
         Store::scan(self, |line, loc| v.line(line, loc))?;
         Ok(v.finish())
+    }
+
+    fn read_after(
+        &self,
+        tenant: &TenantId,
+        seq: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send + '_>> {
+        let reader = self.reader();
+        let tenant = tenant.as_str().to_owned();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || reader.read_after(&tenant, seq))
+                .await
+                .map_err(|_| StoreError::Closed)?
+        })
     }
 
     fn healthy(&self) -> bool {

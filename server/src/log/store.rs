@@ -58,6 +58,11 @@ pub enum StoreError {
         "tenant {tenant} event {seq} follows an event that was never written; nothing of it was kept"
     )]
     Stale { tenant: String, seq: u64 },
+    /// Another writer extended the tenant's chain first (several nodes).
+    #[error("conflict: tenant {tenant} event {seq} was already written by another node")]
+    Conflict { tenant: String, seq: u64 },
+    #[error("the PostgreSQL log: {0}")]
+    Database(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -473,6 +478,15 @@ impl Store {
         scan_segments(&self.dir, Some((mark.segment, mark.len)), each)
     }
 
+    /// A handle that reads the durable segments from any thread.
+    #[must_use]
+    pub fn reader(&self) -> Reader {
+        Reader {
+            dir: self.dir.clone(),
+            mark: lock(&self.shared).mark,
+        }
+    }
+
     /// Writes and syncs everything queued, then stops the writer.
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
@@ -487,6 +501,41 @@ impl Store {
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
+    }
+}
+
+/// Reads the segments up to the durable end it was made at.
+#[derive(Debug)]
+pub struct Reader {
+    dir: PathBuf,
+    mark: DurableMark,
+}
+
+impl Reader {
+    /// A tenant's events after `seq`, in order.
+    pub fn read_after(&self, tenant: &str, seq: u64) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut out = Vec::new();
+        let mut bad = None;
+        scan_segments(
+            &self.dir,
+            Some((self.mark.segment, self.mark.len)),
+            |line, loc| {
+                match serde_json::from_slice::<StoredEvent>(line) {
+                    Ok(e) if e.tenant == tenant && e.seq > seq => out.push(e),
+                    Ok(_) => {}
+                    Err(e) => {
+                        bad = Some(StoreError::Corrupt {
+                            segment: loc.segment,
+                            offset: loc.offset,
+                            reason: e.to_string(),
+                        });
+                        return false;
+                    }
+                }
+                true
+            },
+        )?;
+        bad.map_or(Ok(out), Err)
     }
 }
 

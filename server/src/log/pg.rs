@@ -1,0 +1,623 @@
+//! The delivery log in PostgreSQL: the log of record when several nodes
+//! serve the same tenants.
+//!
+//! One append-only table, `delivery_events`, holds every tenant's chain:
+//! one row per event, the event's canonical line (the same bytes, sealing
+//! and hash chain as the embedded segment files) beside the columns that
+//! find it. The server's role may only INSERT and SELECT; row-level
+//! security lets a session see and write only the rows of the tenant it set
+//! (`rxtrack.tenant`), and every statement runs with it set.
+//!
+//! - **No fork, no gap.** An append inserts a stretch of one chain only if
+//!   it extends the stored head (the previous row exists with the hash the
+//!   stretch names), and `(tenant, seq)` is the primary key: of two nodes
+//!   extending the same head, exactly one commits; the other is told
+//!   [`StoreError::Conflict`], reads what won and decides again.
+//! - **Group commit.** One writer task per node takes every append waiting,
+//!   inserts each stretch with one multi-row statement inside its own
+//!   savepoint (a lost race spoils only its own stretch), and commits once.
+//! - **Tailing.** Each commit notifies `rxtrack_events` with the tenant;
+//!   every node listens, and reads the rows after what it has applied (the
+//!   table is the truth; the notification only wakes it, and a poll every
+//!   second covers a lost one).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures_util::StreamExt as _;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::event::{GENESIS, StoredEvent};
+use super::store::{Pending, StoreError};
+use super::{EventLog, VerifyReport};
+use crate::types::{DeliveryId, TenantId};
+
+/// The notification channel every append names its tenant on.
+pub const CHANNEL: &str = "rxtrack_events";
+/// Most appends in one transaction.
+const MAX_GROUP: usize = 512;
+/// Connections for reads (events, export, verify, catching up).
+const READERS: usize = 4;
+/// How often a node looks for other nodes' events without being told.
+pub const POLL: Duration = Duration::from_secs(1);
+
+/// The schema, one migration per entry, applied in order by `rxtrack migrate`.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE delivery_events (
+    tenant      text   NOT NULL,
+    seq         bigint NOT NULL CHECK (seq > 0),
+    delivery_id text,
+    at          bigint NOT NULL,
+    prev        text   NOT NULL,
+    hash        text   NOT NULL,
+    line        text   NOT NULL,
+    PRIMARY KEY (tenant, seq)
+);
+CREATE INDEX delivery_events_by_delivery
+    ON delivery_events (tenant, delivery_id, seq) WHERE delivery_id IS NOT NULL;
+ALTER TABLE delivery_events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY delivery_events_tenant ON delivery_events
+    USING (tenant = current_setting('rxtrack.tenant', true))
+    WITH CHECK (tenant = current_setting('rxtrack.tenant', true));
+"];
+
+fn db(e: &tokio_postgres::Error) -> StoreError {
+    StoreError::Database(e.as_db_error().map_or_else(
+        || e.to_string(),
+        |d| format!("{}: {}", d.code().code(), d.message()),
+    ))
+}
+
+/// Creates or upgrades the schema (as the table's owner), and lets `grant`
+/// (the role the servers connect as) insert and read, nothing more.
+/// Returns the schema version now in place.
+pub async fn migrate(url: &str, grant: Option<&str>) -> Result<usize, StoreError> {
+    let (mut client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| db(&e))?;
+    let driver = tokio::spawn(conn);
+    let tx = client.transaction().await.map_err(|e| db(&e))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS rxtrack_schema (version integer PRIMARY KEY, \
+         applied_at timestamptz NOT NULL DEFAULT now()); \
+         LOCK TABLE rxtrack_schema IN EXCLUSIVE MODE;",
+    )
+    .await
+    .map_err(|e| db(&e))?;
+    let row = tx
+        .query_one("SELECT coalesce(max(version), 0) FROM rxtrack_schema", &[])
+        .await
+        .map_err(|e| db(&e))?;
+    let have = usize::try_from(row.get::<_, i32>(0)).unwrap_or(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(have) {
+        tx.batch_execute(sql).await.map_err(|e| db(&e))?;
+        let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        tx.execute(
+            "INSERT INTO rxtrack_schema (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map_err(|e| db(&e))?;
+    }
+    if let Some(role) = grant {
+        let ok = !role.is_empty() && role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(StoreError::Database(format!(
+                "role {role:?}: letters, digits and _ only"
+            )));
+        }
+        tx.batch_execute(&format!(
+            "REVOKE ALL ON delivery_events FROM {role}; \
+             GRANT SELECT, INSERT ON delivery_events TO {role};"
+        ))
+        .await
+        .map_err(|e| db(&e))?;
+    }
+    tx.commit().await.map_err(|e| db(&e))?;
+    drop(client);
+    let _ = driver.await;
+    Ok(MIGRATIONS.len())
+}
+
+/// Verifies every tenant's chain in the table (as a role that sees every
+/// row, such as the table's owner).
+pub async fn verify_all(url: &str) -> Result<VerifyReport, StoreError> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| db(&e))?;
+    let driver = tokio::spawn(conn);
+    let rows = client
+        .query("SELECT line FROM delivery_events ORDER BY tenant, seq", &[])
+        .await
+        .map_err(|e| db(&e))?;
+    drop(client);
+    let _ = driver.await;
+    Ok(verify_lines(rows.iter().map(|r| r.get::<_, &str>(0)), None))
+}
+
+fn verify_lines<'a>(lines: impl Iterator<Item = &'a str>, only: Option<&str>) -> VerifyReport {
+    let mut v = super::Verifier::new(only);
+    for (i, line) in lines.enumerate() {
+        let loc = super::Location {
+            segment: 0,
+            offset: i as u64,
+            len: 0,
+        };
+        if !v.line(line.as_bytes(), loc) {
+            break;
+        }
+    }
+    v.finish()
+}
+
+/// One command's events, and who to tell.
+struct Append {
+    tenant: String,
+    events: Vec<StoredEvent>,
+    done: oneshot::Sender<Result<(), Arc<StoreError>>>,
+}
+
+/// The PostgreSQL log of one node.
+pub struct PgLog {
+    pool: Pool,
+    tx: mpsc::UnboundedSender<Append>,
+    heads: Arc<Mutex<HashMap<String, (u64, String)>>>,
+    healthy: Arc<AtomicBool>,
+    changes: Mutex<Option<mpsc::UnboundedReceiver<TenantId>>>,
+}
+
+impl std::fmt::Debug for PgLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgLog")
+            .field("healthy", &self.healthy.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgLog {
+    /// Connects (a writer, readers, a listener) and starts the group-commit
+    /// writer. `tenants`: the tenants this node serves (polled for changes).
+    pub async fn connect(url: &str, tenants: Vec<TenantId>) -> Result<Self, StoreError> {
+        let pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::Database(e.to_string()))?;
+        let manager = Manager::from_config(
+            pg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(READERS + 1)
+            .build()
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        // Fail now, with the reason, if the database cannot be reached.
+        drop(
+            pool.get()
+                .await
+                .map_err(|e| StoreError::Database(e.to_string()))?,
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        let heads = Arc::new(Mutex::new(HashMap::new()));
+        let healthy = Arc::new(AtomicBool::new(true));
+        tokio::spawn(writer(pool.clone(), rx, heads.clone(), healthy.clone()));
+        let (ch_tx, ch_rx) = mpsc::unbounded_channel();
+        tokio::spawn(listen(pg, tenants, ch_tx, healthy.clone()));
+        Ok(Self {
+            pool,
+            tx,
+            heads,
+            healthy,
+            changes: Mutex::new(Some(ch_rx)),
+        })
+    }
+
+    /// A tenant's events after `seq`, read with the tenant set.
+    pub async fn read_after_async(
+        &self,
+        tenant: &str,
+        seq: u64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let tx = client.transaction().await.map_err(|e| db(&e))?;
+        tx.execute("SELECT set_config('rxtrack.tenant', $1, true)", &[&tenant])
+            .await
+            .map_err(|e| db(&e))?;
+        let after = i64::try_from(seq).unwrap_or(i64::MAX);
+        let rows = tx
+            .query(
+                "SELECT line FROM delivery_events WHERE tenant = $1 AND seq > $2 ORDER BY seq",
+                &[&tenant, &after],
+            )
+            .await
+            .map_err(|e| db(&e))?;
+        tx.commit().await.map_err(|e| db(&e))?;
+        let events = rows
+            .iter()
+            .map(|r| {
+                serde_json::from_str::<StoredEvent>(r.get::<_, &str>(0))
+                    .map_err(|e| StoreError::Database(format!("an unreadable row: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(last) = events.last() {
+            let mut heads = self.heads.lock().unwrap_or_else(PoisonError::into_inner);
+            let h = heads
+                .entry(tenant.to_owned())
+                .or_insert((0, GENESIS.to_owned()));
+            if last.seq > h.0 {
+                *h = (last.seq, last.hash.clone());
+            }
+        }
+        Ok(events)
+    }
+
+    /// Runs `f` on a blocking thread's view of the runtime (the trait's
+    /// blocking reads are called from `spawn_blocking`).
+    fn block_on<T>(fut: impl Future<Output = T>) -> T {
+        tokio::runtime::Handle::current().block_on(fut)
+    }
+
+    async fn query_tenant(
+        &self,
+        tenant: &str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let tx = client.transaction().await.map_err(|e| db(&e))?;
+        tx.execute("SELECT set_config('rxtrack.tenant', $1, true)", &[&tenant])
+            .await
+            .map_err(|e| db(&e))?;
+        let rows = tx.query(sql, params).await.map_err(|e| db(&e))?;
+        tx.commit().await.map_err(|e| db(&e))?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    }
+}
+
+fn parse(line: &str) -> Result<StoredEvent, StoreError> {
+    serde_json::from_str(line).map_err(|e| StoreError::Database(format!("an unreadable row: {e}")))
+}
+
+impl EventLog for PgLog {
+    fn append(&self, events: &[StoredEvent]) -> Pending {
+        let (done, rx) = oneshot::channel();
+        let Some(first) = events.first() else {
+            let _ = done.send(Ok(()));
+            return rx;
+        };
+        let a = Append {
+            tenant: first.tenant.clone(),
+            events: events.to_vec(),
+            done,
+        };
+        if let Err(mpsc::error::SendError(a)) = self.tx.send(a) {
+            let _ = a.done.send(Err(Arc::new(StoreError::Closed)));
+        }
+        rx
+    }
+
+    fn head(&self, tenant: &TenantId) -> Option<(u64, String)> {
+        self.heads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant.as_str())
+            .cloned()
+    }
+
+    fn delivery_events(
+        &self,
+        tenant: &TenantId,
+        delivery: &DeliveryId,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let lines = Self::block_on(self.query_tenant(
+            tenant.as_str(),
+            "SELECT line FROM delivery_events WHERE tenant = $1 AND delivery_id = $2 ORDER BY seq",
+            &[&tenant.as_str(), &delivery.as_str()],
+        ))?;
+        lines.iter().map(|l| parse(l)).collect()
+    }
+
+    fn scan(
+        &self,
+        tenant: &TenantId,
+        from: i64,
+        to: i64,
+        each: &mut dyn FnMut(StoredEvent) -> bool,
+    ) -> Result<(), StoreError> {
+        let lines = Self::block_on(self.query_tenant(
+            tenant.as_str(),
+            "SELECT line FROM delivery_events WHERE tenant = $1 AND at >= $2 AND at < $3 ORDER BY seq",
+            &[&tenant.as_str(), &from, &to],
+        ))?;
+        for l in &lines {
+            if !each(parse(l)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn verify(&self, tenant: &TenantId) -> Result<VerifyReport, StoreError> {
+        let lines = Self::block_on(self.query_tenant(
+            tenant.as_str(),
+            "SELECT line FROM delivery_events WHERE tenant = $1 ORDER BY seq",
+            &[&tenant.as_str()],
+        ))?;
+        Ok(verify_lines(
+            lines.iter().map(String::as_str),
+            Some(tenant.as_str()),
+        ))
+    }
+
+    fn read_after(
+        &self,
+        tenant: &TenantId,
+        seq: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send + '_>> {
+        let tenant = tenant.as_str().to_owned();
+        Box::pin(async move { self.read_after_async(&tenant, seq).await })
+    }
+
+    fn changes(&self) -> Option<mpsc::UnboundedReceiver<TenantId>> {
+        self.changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
+}
+
+/// The group-commit writer: everything waiting, one transaction.
+async fn writer(
+    pool: Pool,
+    mut rx: mpsc::UnboundedReceiver<Append>,
+    heads: Arc<Mutex<HashMap<String, (u64, String)>>>,
+    healthy: Arc<AtomicBool>,
+) {
+    let mut group = Vec::new();
+    while let Some(first) = rx.recv().await {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(a) => group.push(a),
+                Err(_) => break,
+            }
+        }
+        match commit(&pool, &group).await {
+            Ok(outcomes) => {
+                healthy.store(true, Ordering::Release);
+                let mut h = heads.lock().unwrap_or_else(PoisonError::into_inner);
+                for (a, ok) in group.drain(..).zip(outcomes) {
+                    let result = if ok {
+                        if let Some(last) = a.events.last() {
+                            let head = h.entry(a.tenant.clone()).or_insert((0, GENESIS.to_owned()));
+                            if last.seq > head.0 {
+                                *head = (last.seq, last.hash.clone());
+                            }
+                        }
+                        Ok(())
+                    } else {
+                        Err(Arc::new(StoreError::Conflict {
+                            tenant: a.tenant.clone(),
+                            seq: a.events.first().map_or(0, |e| e.seq),
+                        }))
+                    };
+                    let _ = a.done.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a PostgreSQL log commit failed; nothing of it was kept");
+                healthy.store(false, Ordering::Release);
+                let e = Arc::new(e);
+                for a in group.drain(..) {
+                    let _ = a.done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Inserts each append of the group in a savepoint of one transaction;
+/// returns which ones went in (the others lost a race or follow one that did).
+async fn commit(pool: &Pool, group: &[Append]) -> Result<Vec<bool>, StoreError> {
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Database(e.to_string()))?;
+    let tx = client.transaction().await.map_err(|e| db(&e))?;
+    let insert = tx
+        .prepare(
+            "INSERT INTO delivery_events (tenant, seq, delivery_id, at, prev, hash, line) \
+             SELECT $1, s, d, a, p, h, l \
+             FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[]) \
+                  AS t(s, d, a, p, h, l) \
+             WHERE CASE WHEN $8::bigint = 1 THEN $9::text = $10::text \
+                   ELSE EXISTS (SELECT 1 FROM delivery_events \
+                                WHERE tenant = $1 AND seq = $8 - 1 AND hash = $9) END",
+        )
+        .await
+        .map_err(|e| db(&e))?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    let mut notified: Vec<&str> = Vec::new();
+    for a in group {
+        let Some(first) = a.events.first() else {
+            outcomes.push(true);
+            continue;
+        };
+        let seqs: Vec<i64> = a
+            .events
+            .iter()
+            .map(|e| i64::try_from(e.seq).unwrap_or(i64::MAX))
+            .collect();
+        let ids: Vec<Option<&str>> = a.events.iter().map(|e| e.delivery_id.as_deref()).collect();
+        let ats: Vec<i64> = a.events.iter().map(|e| e.at).collect();
+        let prevs: Vec<&str> = a.events.iter().map(|e| e.prev.as_str()).collect();
+        let hashes: Vec<&str> = a.events.iter().map(|e| e.hash.as_str()).collect();
+        let lines: Vec<String> = a
+            .events
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.to_line()).trim_end().to_owned())
+            .collect();
+        let first_seq = i64::try_from(first.seq).unwrap_or(i64::MAX);
+        tx.batch_execute("SAVEPOINT append")
+            .await
+            .map_err(|e| db(&e))?;
+        tx.execute(
+            "SELECT set_config('rxtrack.tenant', $1, true)",
+            &[&a.tenant],
+        )
+        .await
+        .map_err(|e| db(&e))?;
+        let inserted = tx
+            .execute(
+                &insert,
+                &[
+                    &a.tenant,
+                    &seqs,
+                    &ids,
+                    &ats,
+                    &prevs,
+                    &hashes,
+                    &lines,
+                    &first_seq,
+                    &first.prev.as_str(),
+                    &GENESIS,
+                ],
+            )
+            .await;
+        let ok = match inserted {
+            Ok(n) => n == a.events.len() as u64,
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => false,
+            Err(e) => return Err(db(&e)),
+        };
+        if ok {
+            tx.batch_execute("RELEASE SAVEPOINT append")
+                .await
+                .map_err(|e| db(&e))?;
+            if !notified.contains(&a.tenant.as_str()) {
+                notified.push(&a.tenant);
+            }
+        } else {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT append")
+                .await
+                .map_err(|e| db(&e))?;
+        }
+        outcomes.push(ok);
+    }
+    for t in notified {
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &t])
+            .await
+            .map_err(|e| db(&e))?;
+    }
+    tx.commit().await.map_err(|e| db(&e))?;
+    Ok(outcomes)
+}
+
+/// Listens for other nodes' appends and polls every [`POLL`] as well;
+/// reconnects after a lost connection (and then names every tenant, so
+/// that each catches up).
+async fn listen(
+    pg: tokio_postgres::Config,
+    tenants: Vec<TenantId>,
+    out: mpsc::UnboundedSender<TenantId>,
+    healthy: Arc<AtomicBool>,
+) {
+    loop {
+        match pg.connect(NoTls).await {
+            Ok((client, mut conn)) => {
+                let (note_tx, mut note_rx) = mpsc::unbounded_channel::<String>();
+                let driver = tokio::spawn(async move {
+                    let mut messages =
+                        futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                    while let Some(m) = messages.next().await {
+                        match m {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                let _ = note_tx.send(n.payload().to_owned());
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                });
+                if client
+                    .batch_execute(&format!("LISTEN {CHANNEL}"))
+                    .await
+                    .is_ok()
+                {
+                    // After (re)connecting, everything may have moved.
+                    for t in &tenants {
+                        if out.send(t.clone()).is_err() {
+                            return;
+                        }
+                    }
+                    let mut poll = tokio::time::interval(POLL);
+                    loop {
+                        tokio::select! {
+                            note = note_rx.recv() => match note {
+                                Some(t) => {
+                                    if let Ok(t) = TenantId::parse(&t)
+                                        && tenants.contains(&t)
+                                        && out.send(t).is_err()
+                                    {
+                                        return;
+                                    }
+                                }
+                                None => break,
+                            },
+                            _ = poll.tick() => {
+                                for t in &tenants {
+                                    if out.send(t.clone()).is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                driver.abort();
+                tracing::warn!("lost the PostgreSQL notification connection; reconnecting");
+            }
+            Err(e) => {
+                healthy.store(false, Ordering::Release);
+                tracing::warn!(error = %e, "cannot reach PostgreSQL for notifications; retrying");
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_keeps_rows_per_tenant_and_append_only() {
+        let sql = MIGRATIONS.concat();
+        assert!(sql.contains("PRIMARY KEY (tenant, seq)"));
+        assert!(sql.contains("ENABLE ROW LEVEL SECURITY"));
+        assert!(!sql.to_ascii_uppercase().contains("UPDATE"));
+    }
+}
