@@ -14,6 +14,7 @@
 pub mod crypto;
 pub mod event;
 pub mod pg;
+mod recover;
 pub mod store;
 
 use std::collections::BTreeMap;
