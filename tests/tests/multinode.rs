@@ -243,3 +243,90 @@ async fn kill_9_loses_nothing_a_client_was_told() {
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["tenants"]["acme"]["events"], 30, "{report}");
 }
+
+#[tokio::test]
+async fn a_revoke_on_one_node_cuts_the_driver_on_another_and_watchers_follow() {
+    let pg = Postgres::start();
+    migrate(&pg);
+    let (a, b) = two_nodes(&pg);
+    let disp = staff("acme", "dispatcher", "alice");
+    let (_, created) = a
+        .post("/v1/deliveries", &disp, &delivery_body("rx-1"))
+        .await;
+    let token = tracking_token(&created);
+    let (code, _) = a
+        .put("/v1/drivers/d1/route", &disp, &json!({"stops": ["rx-1"]}))
+        .await;
+    assert_eq!(code, 200);
+    // The driver on A; the patient and the live map on B.
+    let mut drv = driver_connect(&a, &driver("acme", "d1", "phone-1")).await;
+    send_json(&mut drv, &ping(1)).await;
+    until_ack(&mut drv).await;
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            b.get("/v1/deliveries/rx-1", &disp).await.1["driver_id"] == "d1"
+        })
+        .await
+    );
+    let mut patient = ws_connect(&b, &format!("/v1/track/{token}/ws"), "", Present::None).await;
+    let Got::Json(first) = next(&mut patient, 10).await else {
+        panic!("no snapshot")
+    };
+    assert_eq!(first["status"], "scheduled");
+    let mut map = ws_connect(&b, "/v1/dispatch/ws", &disp, Present::Subprotocol).await;
+    let Got::Json(snap) = next(&mut map, 10).await else {
+        panic!("no map snapshot")
+    };
+    assert_eq!(snap["type"], "snapshot");
+    // A status change on A reaches B's patient and map, in order.
+    for status in ["picked_up", "delivered"] {
+        let (code, _) = a
+            .post(
+                "/v1/deliveries/rx-1/status",
+                &disp,
+                &json!({"status": status}),
+            )
+            .await;
+        assert_eq!(code, 200);
+    }
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("delivered") {
+        let Got::Json(v) = next(&mut patient, 5).await else {
+            panic!("patient closed")
+        };
+        seen.push(v["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        seen,
+        ["en_route", "delivered"],
+        "the patient on B saw {seen:?}"
+    );
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let Got::Json(v) = next(&mut map, 5).await else {
+            panic!("map closed")
+        };
+        if v["type"] == "event" {
+            kinds.push(v["kind"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(kinds, ["delivery.picked_up", "delivery.delivered"]);
+    // Revoked on B: the driver's socket on A closes within a second.
+    let mut c = claims("acme", "admin", "root", None);
+    c["auth_time"] = json!(now_s());
+    let admin = token_with("acme", &c);
+    let started = Instant::now();
+    let (code, _) = call(
+        http()
+            .post(b.url("/v1/devices/phone-1/revoke"))
+            .bearer_auth(&admin),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(close_code(&mut drv, 5).await, Some(4003));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the revoke took {:?} to reach node A",
+        started.elapsed()
+    );
+}
