@@ -330,3 +330,57 @@ async fn a_revoke_on_one_node_cuts_the_driver_on_another_and_watchers_follow() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn with_postgres_down_nothing_is_acknowledged_and_it_resumes_when_back() {
+    let pg = Postgres::start();
+    migrate(&pg);
+    let mut a = Server::start_with(&postgres_config(&pg), &[]);
+    let disp = staff("acme", "dispatcher", "alice");
+    let (code, _) = a
+        .post("/v1/deliveries", &disp, &delivery_body("rx-1"))
+        .await;
+    assert_eq!(code, 201);
+    pg.stop();
+    let (code, body) = a
+        .post("/v1/deliveries", &disp, &delivery_body("rx-2"))
+        .await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (503, Some("log_unavailable")),
+        "{body}"
+    );
+    assert_eq!(a.get("/v1/deliveries/rx-2", &disp).await.0, 404);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            http().get(a.url("/readyz")).send().await.unwrap().status() == 503
+        })
+        .await,
+        "/readyz still says ready without the log"
+    );
+    pg.restart();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            a.post("/v1/deliveries", &disp, &delivery_body("rx-2"))
+                .await
+                .0
+                == 201
+        })
+        .await,
+        "no creation went through once PostgreSQL was back"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            http().get(a.url("/readyz")).send().await.unwrap().status() == 200
+        })
+        .await
+    );
+    a.kill9();
+    a.restart();
+    for id in ["rx-1", "rx-2"] {
+        assert_eq!(a.get(&format!("/v1/deliveries/{id}"), &disp).await.0, 200);
+    }
+    let report = verify(&pg);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["tenants"]["acme"]["events"], 2, "{report}");
+}

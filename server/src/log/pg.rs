@@ -567,6 +567,7 @@ async fn listen(
                     .await
                     .is_ok()
                 {
+                    healthy.store(true, Ordering::Release);
                     // After (re)connecting, everything may have moved.
                     for t in &tenants {
                         if out.send(t.clone()).is_err() {
@@ -598,6 +599,7 @@ async fn listen(
                     }
                 }
                 driver.abort();
+                healthy.store(false, Ordering::Release);
                 tracing::warn!("lost the PostgreSQL notification connection; reconnecting");
             }
             Err(e) => {
