@@ -209,6 +209,14 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         )
         .into_response();
     }
+    // Without Redis a node still serves its own clients: ready, but saying so.
+    if app.bus.reachable() == Some(false) {
+        return axum::Json(serde_json::json!({
+            "status": "degraded",
+            "redis": "unreachable: positions and ETA windows reach only this node's clients",
+        }))
+        .into_response();
+    }
     axum::Json(serde_json::json!({"status": "ready"})).into_response()
 }
 

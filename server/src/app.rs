@@ -86,7 +86,15 @@ impl App {
             .deliveries_active
             .set(i64::try_from(active).unwrap_or(i64::MAX));
 
-        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(states.keys().cloned(), metrics.clone()));
+        let local = LocalBus::new(states.keys().cloned(), metrics.clone());
+        let (bus, redis): (Arc<dyn Bus>, _) = match &config.redis {
+            Some(url) => {
+                let r = crate::bus::redis::RedisBus::start(url.expose(), local, metrics.clone())
+                    .context("[redis]: the URL is not usable")?;
+                (r.clone(), Some(r))
+            }
+            None => (Arc::new(local), None),
+        };
         let tenants: HashMap<TenantId, Arc<Tenant>> = states
             .into_iter()
             .map(|(id, state)| {
@@ -95,6 +103,24 @@ impl App {
             })
             .collect();
         let config_limit = config.limits.max_connections;
+        if let Some(r) = &redis {
+            let weak: HashMap<TenantId, std::sync::Weak<Tenant>> = tenants
+                .iter()
+                .map(|(id, t)| (id.clone(), Arc::downgrade(t)))
+                .collect();
+            r.on_resync(Box::new(move |want| match want {
+                Some((tenant, id)) => {
+                    if let Some(t) = weak.get(tenant).and_then(std::sync::Weak::upgrade) {
+                        t.republish_views(Some(id));
+                    }
+                }
+                None => {
+                    for t in weak.values().filter_map(std::sync::Weak::upgrade) {
+                        t.republish_views(None);
+                    }
+                }
+            }));
+        }
         if let Some(changes) = log.changes() {
             tokio::spawn(tail(changes, tenants.clone()));
         }

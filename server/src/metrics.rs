@@ -24,6 +24,7 @@ pub const HTTP_REQUESTS: &str = "rxtrack_http_requests_total";
 pub const HTTP_SECONDS: &str = "rxtrack_http_request_seconds";
 pub const DELIVERIES_ACTIVE: &str = "rxtrack_deliveries_active";
 pub const SLOW_CLOSES: &str = "rxtrack_slow_closes_total";
+pub const BUS_RESYNCS: &str = "rxtrack_bus_resyncs_total";
 pub const FANOUT_SECONDS: &str = "rxtrack_ping_to_fanout_seconds";
 pub const POSITIONS_CONFLATED: &str = "rxtrack_positions_conflated_total";
 
@@ -53,6 +54,8 @@ pub struct Metrics {
     pub deliveries_active: IntGauge,
     /// Subscribers closed for not keeping up.
     pub slow_closes: IntCounter,
+    /// Reconnections to Redis after which subscribers resynchronised.
+    pub bus_resyncs: IntCounter,
     /// From a ping's arrival to its position leaving in a dispatcher frame
     /// (the oldest position in each frame).
     pub fanout_seconds: Histogram,
@@ -149,6 +152,10 @@ impl Metrics {
             slow_closes: reg!(IntCounter::new(
                 SLOW_CLOSES,
                 "Subscribers closed because they did not keep up."
+            )),
+            bus_resyncs: reg!(IntCounter::new(
+                BUS_RESYNCS,
+                "Reconnections to Redis after which every node republished its patient views and this node's dispatchers took a fresh snapshot."
             )),
             registry,
         }

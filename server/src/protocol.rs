@@ -60,7 +60,7 @@ pub enum ServerMsg {
 }
 
 /// A validated fix.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Fix {
     pub seq: u64,
     pub ts: UnixMillis,

@@ -8,6 +8,7 @@
 )]
 pub mod browser;
 pub mod pg;
+pub mod redis;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -512,6 +513,18 @@ pub async fn until_ack(ws: &mut Ws) -> (u64, Vec<Value>) {
 /// A ping at `seq`, now, near central Helsinki.
 pub fn ping(seq: u64) -> Value {
     json!({"type":"ping","seq":seq,"ts":now_ms(),"lat":60.1699 + seq as f64 * 1e-5,"lng":24.9384,"acc":6.5,"speed":8.1,"heading":270})
+}
+
+/// Polls `f` until it is true or `within` passes; whether it became true.
+pub async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + within;
+    while std::time::Instant::now() < until {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 /// Connects a driver and consumes the initial `config` message.

@@ -177,6 +177,29 @@ impl Postgres {
             .expect("run psql")
     }
 
+    /// Creates the schema as the owner and lets [`APP_ROLE`] insert and
+    /// read (`rxtrack migrate`).
+    ///
+    /// # Panics
+    /// When the migration fails.
+    pub fn migrate(&self) {
+        let out = Command::new(crate::binary())
+            .args([
+                "migrate",
+                "--postgres",
+                &self.owner_url(),
+                "--grant-to",
+                APP_ROLE,
+            ])
+            .output()
+            .expect("run rxtrack migrate");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Stops the server at once (as a crash would).
     pub fn stop(&self) {
         let _ = self

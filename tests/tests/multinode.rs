@@ -14,25 +14,6 @@ use rxtrack_tests::pg::{APP_ROLE, DATABASE, Postgres};
 use rxtrack_tests::*;
 use serde_json::{Value, json};
 
-/// Creates the schema and lets the application role insert and read.
-fn migrate(pg: &Postgres) {
-    let out = std::process::Command::new(binary())
-        .args([
-            "migrate",
-            "--postgres",
-            &pg.owner_url(),
-            "--grant-to",
-            APP_ROLE,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn postgres_config(pg: &Postgres) -> String {
     format!("[postgres]\nurl = \"{}\"\n", pg.app_url())
 }
@@ -42,18 +23,6 @@ fn two_nodes(pg: &Postgres) -> (Server, Server) {
     let a = Server::start_with(&postgres_config(pg), &[]);
     let b = Server::start_node(&postgres_config(pg), &[], Some(a.data_dir()));
     (a, b)
-}
-
-/// Polls `f` until it is true or `within` passes.
-async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
-    let until = Instant::now() + within;
-    while Instant::now() < until {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 fn verify(pg: &Postgres) -> Value {
@@ -68,7 +37,7 @@ fn verify(pg: &Postgres) -> Value {
 #[tokio::test]
 async fn what_one_node_changes_every_node_shows_within_a_second() {
     let pg = Postgres::start();
-    migrate(&pg);
+    pg.migrate();
     let (a, b) = two_nodes(&pg);
     let disp = staff("acme", "dispatcher", "alice");
     let (code, created) = a
@@ -126,7 +95,7 @@ async fn what_one_node_changes_every_node_shows_within_a_second() {
 #[tokio::test]
 async fn two_nodes_racing_on_one_delivery_never_fork_the_chain() {
     let pg = Postgres::start();
-    migrate(&pg);
+    pg.migrate();
     let (a, b) = two_nodes(&pg);
     let disp = staff("acme", "dispatcher", "alice");
     let rounds = 20;
@@ -169,7 +138,7 @@ async fn two_nodes_racing_on_one_delivery_never_fork_the_chain() {
 #[tokio::test]
 async fn the_servers_role_sees_its_tenant_only_and_changes_nothing() {
     let pg = Postgres::start();
-    migrate(&pg);
+    pg.migrate();
     let a = Server::start_with(&postgres_config(&pg), &[]);
     for (tenant, id) in [("acme", "rx-acme"), ("beta", "rx-beta")] {
         let t = staff(tenant, "dispatcher", "alice");
@@ -218,7 +187,7 @@ async fn the_servers_role_sees_its_tenant_only_and_changes_nothing() {
 #[tokio::test]
 async fn kill_9_loses_nothing_a_client_was_told() {
     let pg = Postgres::start();
-    migrate(&pg);
+    pg.migrate();
     let (mut a, b) = two_nodes(&pg);
     let disp = staff("acme", "dispatcher", "alice");
     let mut told = 0;
@@ -247,7 +216,7 @@ async fn kill_9_loses_nothing_a_client_was_told() {
 #[tokio::test]
 async fn a_revoke_on_one_node_cuts_the_driver_on_another_and_watchers_follow() {
     let pg = Postgres::start();
-    migrate(&pg);
+    pg.migrate();
     let (a, b) = two_nodes(&pg);
     let disp = staff("acme", "dispatcher", "alice");
     let (_, created) = a
@@ -334,7 +303,7 @@ async fn a_revoke_on_one_node_cuts_the_driver_on_another_and_watchers_follow() {
 #[tokio::test]
 async fn with_postgres_down_nothing_is_acknowledged_and_it_resumes_when_back() {
     let pg = Postgres::start();
-    migrate(&pg);
+    pg.migrate();
     let mut a = Server::start_with(&postgres_config(&pg), &[]);
     let disp = staff("acme", "dispatcher", "alice");
     let (code, _) = a

@@ -124,6 +124,18 @@ impl Hub {
         before - subs.len()
     }
 
+    /// Drops every subscriber: their sockets close with 4410 and
+    /// resynchronise from a snapshot.
+    pub fn drop_all(&self) -> usize {
+        let mut subs = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = subs.len();
+        subs.clear();
+        n
+    }
+
     /// A new subscriber queue for events and delivery changes.
     pub fn subscribe(&self) -> mpsc::Receiver<Utf8Bytes> {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde::Serialize;
 
 pub mod hub;
+pub mod redis;
 
 use hub::Hub;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -97,6 +98,15 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn kick_device(&self, tenant: &TenantId, device: &DeviceId, why: Kick);
     /// Whether the device has a live session.
     fn connected(&self, tenant: &TenantId, device: &DeviceId) -> bool;
+    /// Whether other nodes share this bus: a patient view is then
+    /// published only by the node that holds the driver's live state.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Whether the bus reaches the other nodes now (`None`: there are none).
+    fn reachable(&self) -> Option<bool> {
+        None
+    }
 }
 
 type Key<T> = (TenantId, T);
@@ -142,6 +152,47 @@ impl LocalBus {
     }
 }
 
+impl LocalBus {
+    /// Hands a patient view (encoded only if someone listens) to the
+    /// delivery's sockets on this node.
+    pub fn patient_text(
+        &self,
+        tenant: &TenantId,
+        id: &DeliveryId,
+        text: impl FnOnce() -> Utf8Bytes,
+    ) {
+        let mut map = self.patients.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (tenant.clone(), id.clone());
+        if let Some(tx) = map.get(&key) {
+            if tx.receiver_count() == 0 {
+                map.remove(&key);
+            } else {
+                tx.send_replace(text());
+            }
+        }
+    }
+
+    /// Closes every dispatcher socket of this node (4410): they come back
+    /// for a snapshot.
+    pub fn drop_dispatchers(&self) {
+        for hub in self.hubs.values() {
+            hub.drop_all();
+        }
+    }
+
+    /// The deliveries with patient sockets open on this node, per tenant.
+    #[must_use]
+    pub fn watched_deliveries(&self) -> Vec<(TenantId, DeliveryId)> {
+        self.patients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, tx)| tx.receiver_count() > 0)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
 impl Bus for LocalBus {
     fn position(&self, tenant: &TenantId, driver: &SubjectId, fix: &Fix) {
         if let Some(hub) = self.hubs.get(tenant) {
@@ -164,15 +215,7 @@ impl Bus for LocalBus {
     }
 
     fn patient(&self, tenant: &TenantId, id: &DeliveryId, view: &PatientSnapshot) {
-        let mut map = self.patients.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (tenant.clone(), id.clone());
-        if let Some(tx) = map.get(&key) {
-            if tx.receiver_count() == 0 {
-                map.remove(&key);
-            } else {
-                tx.send_replace(Utf8Bytes::from(view.encode()));
-            }
-        }
+        self.patient_text(tenant, id, || Utf8Bytes::from(view.encode()));
     }
 
     fn close_patient(&self, tenant: &TenantId, id: &DeliveryId) {

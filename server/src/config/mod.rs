@@ -90,8 +90,8 @@ struct RawPostgres {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRedis {
-    #[allow(dead_code, reason = "read only to refuse it with a clear message")]
     url: Option<String>,
+    cluster: Option<Vec<String>>,
 }
 
 /// One tenant's verified configuration.
@@ -181,30 +181,49 @@ pub struct Config {
     /// The road network for ETAs (`roads = …`); none: straight lines.
     pub roads: Option<RoadsSource>,
     /// The delivery log in PostgreSQL (`[postgres]`); none: the embedded log.
-    pub postgres: Option<PostgresUrl>,
+    pub postgres: Option<SecretUrl>,
+    /// The bus across nodes (`[redis]`); none: one node's own.
+    pub redis: Option<SecretUrl>,
 }
 
-/// A PostgreSQL connection URL: it may hold a password, so it never prints.
-#[derive(Clone)]
-pub struct PostgresUrl(String);
+fn parse_redis(r: &RawRedis) -> Result<SecretUrl, ConfigError> {
+    match (&r.url, &r.cluster) {
+        (Some(u), None) if u.starts_with("redis://") || u.starts_with("rediss://") => {
+            Ok(SecretUrl(u.clone()))
+        }
+        (Some(_), None) => Err(invalid(
+            "redis.url",
+            "must start with redis:// or rediss://",
+        )),
+        (None, Some(_)) => Err(invalid(
+            "redis.cluster",
+            "Redis Cluster (sharded pub/sub) is not available in this build yet; name one Redis with url",
+        )),
+        _ => Err(invalid("redis", "give url (one Redis)")),
+    }
+}
 
-impl PostgresUrl {
+/// A connection URL (PostgreSQL, Redis): it may hold a password, so it never prints.
+#[derive(Clone)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
     #[must_use]
     pub fn expose(&self) -> &str {
         &self.0
     }
 }
 
-impl std::fmt::Debug for PostgresUrl {
+impl std::fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PostgresUrl(<redacted>)")
+        f.write_str("SecretUrl(<redacted>)")
     }
 }
 
 fn parse_postgres(
     r: &RawPostgres,
     env: &impl Fn(&str) -> Option<String>,
-) -> Result<PostgresUrl, ConfigError> {
+) -> Result<SecretUrl, ConfigError> {
     let url = match (&r.url, &r.url_env) {
         (Some(u), None) => u.clone(),
         (None, Some(var)) => env(var).ok_or_else(|| {
@@ -226,7 +245,7 @@ fn parse_postgres(
             "must start with postgres:// or postgresql://",
         ));
     }
-    Ok(PostgresUrl(url))
+    Ok(SecretUrl(url))
 }
 
 /// A validated tile URL template.
@@ -293,12 +312,6 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        if raw.redis.is_some() {
-            return Err(invalid(
-                "redis",
-                "multi-node operation through Redis is not available in this build; remove [redis] to run a single node",
-            ));
-        }
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         let listen = parse_listen(raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
         let public_url = raw.public_url.map(|u| parse_public_url(&u)).transpose()?;
@@ -343,6 +356,7 @@ impl Config {
                 .as_ref()
                 .map(|p| parse_postgres(p, &env))
                 .transpose()?,
+            redis: raw.redis.as_ref().map(parse_redis).transpose()?,
         })
     }
 
@@ -367,6 +381,7 @@ impl Config {
             proximity: true,
             roads: None,
             postgres: None,
+            redis: None,
         })
     }
 

@@ -135,7 +135,15 @@ fn errors_name_the_key() {
         ))
         .contains("limits.header_timeout_ms")
     );
-    assert!(err(&format!("{TENANT}[redis]\nurl = \"redis://127.0.0.1\"\n")).contains("`redis`"));
+    // [redis] names one Redis (the cluster form is refused with a reason).
+    assert!(err(&format!("{TENANT}[redis]\nurl = \"http://127.0.0.1\"\n")).contains("`redis.url`"));
+    assert!(
+        err(&format!(
+            "{TENANT}[redis]\ncluster = [\"redis://h1:7000\"]\n"
+        ))
+        .contains("`redis.cluster`")
+    );
+    assert!(err(&format!("{TENANT}[redis]\n")).contains("`redis`"));
     assert!(err("listen = 5").contains("rxtrack.toml"));
     assert!(
         err(&format!(

@@ -141,6 +141,18 @@ impl Tracker {
         self.tracks.get(id)
     }
 
+    /// Whether this read model holds the driver's live state (its fixes
+    /// come here): its deliveries' ETAs are this node's to tell.
+    #[must_use]
+    pub fn has_live(&self, driver: &SubjectId) -> bool {
+        self.live.contains_key(driver)
+    }
+
+    /// Every delivery's current patient view.
+    pub fn views(&self) -> impl Iterator<Item = (&DeliveryId, &PatientSnapshot)> {
+        self.tracks.iter().map(|(id, t)| (id, &t.snapshot))
+    }
+
     /// Forgets a driver's detector: its next fixes start a new one, which
     /// finds the driver's visits again (the book keeps events from
     /// repeating).

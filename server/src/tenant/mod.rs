@@ -485,6 +485,40 @@ impl Tenant {
         );
     }
 
+    /// Whether this node tells a delivery's patients what they see: always
+    /// on one node; among several, for a delivery on its way only the node
+    /// holding its driver's fixes (the ETA is there), else every node alike.
+    fn tells_patient(&self, inner: &Inner, id: &DeliveryId) -> bool {
+        if !self.bus.shared() {
+            return true;
+        }
+        inner.visible.delivery(id).is_none_or(|d| {
+            !d.status.is_moving()
+                || d.driver
+                    .as_ref()
+                    .is_some_and(|drv| inner.tracker.has_live(drv))
+        })
+    }
+
+    /// Publishes again the patient views this node tells: every one
+    /// (after a gap in the bus between nodes), or `only` that delivery's.
+    pub fn republish_views(&self, only: Option<&DeliveryId>) {
+        let g = self.lock();
+        if let Some(id) = only {
+            if let Some(t) = g.tracker.track(id)
+                && self.tells_patient(&g, id)
+            {
+                self.bus.patient(&self.id, id, &t.snapshot);
+            }
+            return;
+        }
+        for (id, view) in g.tracker.views() {
+            if self.tells_patient(&g, id) {
+                self.bus.patient(&self.id, id, view);
+            }
+        }
+    }
+
     fn publish_delivery(&self, inner: &Inner, id: &DeliveryId) {
         if let Some(change) = delivery_change(&inner.visible, &inner.tracker, id) {
             self.bus.delivery(&self.id, &change);
@@ -499,7 +533,9 @@ impl Tenant {
             return;
         }
         for id in &out.patients {
-            if let Some(t) = inner.tracker.track(id) {
+            if let Some(t) = inner.tracker.track(id)
+                && self.tells_patient(inner, id)
+            {
                 self.bus.patient(&self.id, id, &t.snapshot);
             }
         }

@@ -1,0 +1,440 @@
+//! The bus across nodes, through Redis pub/sub (`[redis]`).
+//!
+//! Durable events, delivery changes, revoked links and devices already
+//! reach every node through the log itself (each node applies the log and
+//! publishes to its own sockets). Redis carries what is not in the log, and
+//! only to the nodes whose clients need it:
+//!
+//! - **positions** on `rxtrack:{tenant}:pos`, to nodes with a dispatcher of
+//!   the tenant (latest wins, as on one node);
+//! - **patient views** on `rxtrack:{tenant}:patient:{delivery}`, to nodes
+//!   with that delivery's patient; the view of a delivery on its way is
+//!   published only by the node holding its driver's live state (its ETA);
+//! - **kicks** on `rxtrack:kick`: a device that connects to one node ends
+//!   its session on any other (as replaced), and a revoke ends it at once.
+//!
+//! Redis pub/sub drops messages while a connection is down. A node that
+//! (re)connects asks every node, on `rxtrack:resync`, to publish its patient
+//! views again, and closes its dispatcher sockets (4410: resynchronise from
+//! a snapshot), counted in `rxtrack_bus_resyncs_total`. While Redis is
+//! unreachable, each node keeps serving its own clients; `/readyz` says so.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::{Bus, DeliveryChange, DispatcherFeed, Kick, LocalBus, Session};
+use crate::domain::{Event, PatientSnapshot};
+use crate::metrics::Metrics;
+use crate::protocol::Fix;
+use crate::types::{DeliveryId, DeviceId, SubjectId, TenantId};
+
+const KICKS: &str = "rxtrack:kick";
+const RESYNC: &str = "rxtrack:resync";
+/// Most messages sent to Redis in one pipeline.
+const MAX_BATCH: usize = 1024;
+/// Wait between reconnection attempts.
+const RETRY: Duration = Duration::from_millis(500);
+
+fn positions(t: &TenantId) -> String {
+    format!("rxtrack:{t}:pos")
+}
+
+fn patient_channel(t: &TenantId, d: &DeliveryId) -> String {
+    format!("rxtrack:{t}:patient:{d}")
+}
+
+/// A message between nodes; `n` names the node that sent it.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+enum Wire {
+    Position {
+        n: String,
+        t: TenantId,
+        d: SubjectId,
+        f: Fix,
+    },
+    Patient {
+        n: String,
+        t: TenantId,
+        id: DeliveryId,
+        v: String,
+    },
+    Kick {
+        n: String,
+        t: TenantId,
+        d: DeviceId,
+        revoked: bool,
+    },
+    /// Asks every node to publish its patient views again: all of them
+    /// (after a gap), or one delivery's (a patient just subscribed here).
+    Resync {
+        n: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        want: Option<(TenantId, DeliveryId)>,
+    },
+}
+
+/// Asks the commit paths for their patient views again, all or one
+/// delivery's (set after start).
+pub type Republish = Box<dyn Fn(Option<&(TenantId, DeliveryId)>) + Send + Sync>;
+
+/// The bus of one node among several.
+pub struct RedisBus {
+    local: Arc<LocalBus>,
+    node: String,
+    out: mpsc::UnboundedSender<(String, String)>,
+    subscribe: mpsc::UnboundedSender<String>,
+    wanted: Arc<Mutex<HashSet<String>>>,
+    /// Whether the subscription and the publishing connection are up.
+    up: Arc<AtomicBool>,
+    publishing: Arc<AtomicBool>,
+    republish: Arc<Mutex<Option<Republish>>>,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("node", &self.node)
+            .field("up", &self.up.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBus {
+    /// Connects to Redis and starts the publisher and the subscriber; a
+    /// Redis that cannot be reached now is retried in the background.
+    pub fn start(
+        url: &str,
+        local: LocalBus,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let mut raw = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "no randomness")))?;
+        let node = crate::log::event::hex(&raw);
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let (subscribe, sub_rx) = mpsc::unbounded_channel();
+        let wanted = Arc::new(Mutex::new(HashSet::from([
+            KICKS.to_owned(),
+            RESYNC.to_owned(),
+        ])));
+        let bus = Arc::new(Self {
+            local: Arc::new(local),
+            node,
+            out,
+            subscribe,
+            wanted: wanted.clone(),
+            up: Arc::new(AtomicBool::new(false)),
+            publishing: Arc::new(AtomicBool::new(false)),
+            republish: Arc::new(Mutex::new(None)),
+        });
+        tokio::spawn(publisher(client.clone(), out_rx, bus.publishing.clone()));
+        tokio::spawn(subscriber(client, sub_rx, Arc::downgrade(&bus), metrics));
+        Ok(bus)
+    }
+
+    /// Sets what republishes this node's patient views (after a gap).
+    pub fn on_resync(&self, f: Republish) {
+        *self
+            .republish
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(f);
+    }
+
+    fn send(&self, channel: String, msg: &Wire) {
+        if let Ok(text) = serde_json::to_string(msg) {
+            let _ = self.out.send((channel, text));
+        }
+    }
+
+    fn want(&self, channel: String) {
+        let new = self
+            .wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(channel.clone());
+        if new {
+            let _ = self.subscribe.send(channel);
+        }
+    }
+
+    /// A message from another node.
+    fn receive(&self, text: &str) {
+        let Ok(msg) = serde_json::from_str::<Wire>(text) else {
+            tracing::warn!("an unreadable message on the bus; ignored");
+            return;
+        };
+        match msg {
+            Wire::Position { n, .. }
+            | Wire::Patient { n, .. }
+            | Wire::Kick { n, .. }
+            | Wire::Resync { n, .. }
+                if n == self.node => {}
+            Wire::Position { t, d, f, .. } => self.local.position(&t, &d, &f),
+            Wire::Patient { t, id, v, .. } => {
+                self.local.patient_text(&t, &id, || Utf8Bytes::from(v));
+            }
+            Wire::Kick { t, d, revoked, .. } => {
+                let why = if revoked {
+                    Kick::Revoked
+                } else {
+                    Kick::Replaced
+                };
+                self.local.kick_device(&t, &d, why);
+            }
+            Wire::Resync { want, .. } => self.republish(want.as_ref()),
+        }
+    }
+
+    fn republish(&self, want: Option<&(TenantId, DeliveryId)>) {
+        if let Some(f) = self
+            .republish
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            f(want);
+        }
+    }
+}
+
+impl Bus for RedisBus {
+    fn position(&self, tenant: &TenantId, driver: &SubjectId, fix: &Fix) {
+        self.local.position(tenant, driver, fix);
+        self.send(
+            positions(tenant),
+            &Wire::Position {
+                n: self.node.clone(),
+                t: tenant.clone(),
+                d: driver.clone(),
+                f: *fix,
+            },
+        );
+    }
+
+    fn event(&self, tenant: &TenantId, event: &Event) {
+        self.local.event(tenant, event);
+    }
+
+    fn delivery(&self, tenant: &TenantId, change: &DeliveryChange) {
+        self.local.delivery(tenant, change);
+    }
+
+    fn patient(&self, tenant: &TenantId, id: &DeliveryId, view: &PatientSnapshot) {
+        self.local.patient(tenant, id, view);
+        self.send(
+            patient_channel(tenant, id),
+            &Wire::Patient {
+                n: self.node.clone(),
+                t: tenant.clone(),
+                id: id.clone(),
+                v: view.encode(),
+            },
+        );
+    }
+
+    fn close_patient(&self, tenant: &TenantId, id: &DeliveryId) {
+        self.local.close_patient(tenant, id);
+    }
+
+    fn subscribe_dispatcher(&self, tenant: &TenantId) -> Option<DispatcherFeed> {
+        self.want(positions(tenant));
+        self.local.subscribe_dispatcher(tenant)
+    }
+
+    fn subscribe_patient(
+        &self,
+        tenant: &TenantId,
+        id: &DeliveryId,
+        current: &PatientSnapshot,
+    ) -> watch::Receiver<Utf8Bytes> {
+        self.want(patient_channel(tenant, id));
+        // The node with the driver's fixes tells this patient its view now
+        // (it publishes only changes otherwise).
+        self.send(
+            RESYNC.to_owned(),
+            &Wire::Resync {
+                n: self.node.clone(),
+                want: Some((tenant.clone(), id.clone())),
+            },
+        );
+        self.local.subscribe_patient(tenant, id, current)
+    }
+
+    fn open_session(&self, tenant: &TenantId, device: &DeviceId) -> Session {
+        // A session of this device on another node ends (replaced).
+        self.send(
+            KICKS.to_owned(),
+            &Wire::Kick {
+                n: self.node.clone(),
+                t: tenant.clone(),
+                d: device.clone(),
+                revoked: false,
+            },
+        );
+        self.local.open_session(tenant, device)
+    }
+
+    fn close_session(&self, tenant: &TenantId, device: &DeviceId, session: u64) {
+        self.local.close_session(tenant, device, session);
+    }
+
+    fn kick_device(&self, tenant: &TenantId, device: &DeviceId, why: Kick) {
+        self.local.kick_device(tenant, device, why);
+        self.send(
+            KICKS.to_owned(),
+            &Wire::Kick {
+                n: self.node.clone(),
+                t: tenant.clone(),
+                d: device.clone(),
+                revoked: why == Kick::Revoked,
+            },
+        );
+    }
+
+    fn connected(&self, tenant: &TenantId, device: &DeviceId) -> bool {
+        self.local.connected(tenant, device)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn reachable(&self) -> Option<bool> {
+        Some(self.up.load(Ordering::Acquire) && self.publishing.load(Ordering::Acquire))
+    }
+}
+
+/// Sends what the node publishes, pipelined, reconnecting as needed.
+async fn publisher(
+    client: redis::Client,
+    mut rx: mpsc::UnboundedReceiver<(String, String)>,
+    up: Arc<AtomicBool>,
+) {
+    let mut batch = Vec::new();
+    loop {
+        let mut conn = match client.get_multiplexed_async_connection().await {
+            Ok(c) => {
+                up.store(true, Ordering::Release);
+                c
+            }
+            Err(e) => {
+                up.store(false, Ordering::Release);
+                tracing::warn!(error = %e, "cannot reach Redis; fan-out across nodes paused");
+                // What was queued meanwhile is dropped: pub/sub keeps
+                // nothing either, and a resync follows the reconnection.
+                while rx.try_recv().is_ok() {}
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        loop {
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut pipe = redis::pipe();
+            for (channel, text) in batch.drain(..) {
+                pipe.cmd("PUBLISH").arg(channel).arg(text).ignore();
+            }
+            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+                up.store(false, Ordering::Release);
+                tracing::warn!(error = %e, "publishing to Redis failed; reconnecting");
+                break;
+            }
+        }
+    }
+}
+
+/// Receives what other nodes publish on the channels this node wants;
+/// after every (re)connection, asks for a resync.
+async fn subscriber(
+    client: redis::Client,
+    mut new: mpsc::UnboundedReceiver<String>,
+    bus: Weak<RedisBus>,
+    metrics: Arc<Metrics>,
+) {
+    let mut first = true;
+    loop {
+        let Some(b) = bus.upgrade() else {
+            return;
+        };
+        let up = b.up.clone();
+        let wanted: Vec<String> = b
+            .wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        drop(b);
+        let connected = async {
+            let (mut sink, stream) = client.get_async_pubsub().await?.split();
+            sink.subscribe(&wanted).await?;
+            redis::RedisResult::Ok((sink, stream))
+        }
+        .await;
+        let (mut sink, mut stream) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                up.store(false, Ordering::Release);
+                tracing::warn!(error = %e, "cannot subscribe on Redis; retrying");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        up.store(true, Ordering::Release);
+        if let Some(b) = bus.upgrade() {
+            // Whatever was published while this node was away is gone:
+            // every node publishes its views again, and this node's
+            // dispatchers resynchronise from a snapshot.
+            b.send(
+                RESYNC.to_owned(),
+                &Wire::Resync {
+                    n: b.node.clone(),
+                    want: None,
+                },
+            );
+            if !first {
+                metrics.bus_resyncs.inc();
+                b.local.drop_dispatchers();
+            }
+        }
+        first = false;
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    let Ok(text) = msg.get_payload::<String>() else { continue };
+                    match bus.upgrade() {
+                        Some(b) => b.receive(&text),
+                        None => return,
+                    }
+                }
+                ch = new.recv() => {
+                    let Some(ch) = ch else { return };
+                    if sink.subscribe(&ch).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        up.store(false, Ordering::Release);
+        tracing::warn!("lost the Redis subscription; reconnecting");
+        tokio::time::sleep(RETRY).await;
+    }
+}

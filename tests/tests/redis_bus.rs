@@ -1,0 +1,191 @@
+//! Several nodes with Redis as the bus between them (and PostgreSQL as the
+//! log), each engine the test's own: a driver on node A, its dispatcher and
+//! its patient on node B; Redis killed and restarted under them.
+#![allow(
+    clippy::unwrap_used,
+    reason = "helpers of a test fail the test by panicking"
+)]
+
+use std::time::Duration;
+
+use rxtrack_tests::pg::Postgres;
+use rxtrack_tests::redis::Redis;
+use rxtrack_tests::*;
+use serde_json::{Value, json};
+
+fn config(pg: &Postgres, redis: &Redis) -> String {
+    format!(
+        "[postgres]\nurl = \"{}\"\n[redis]\nurl = \"{}\"\n",
+        pg.app_url(),
+        redis.url()
+    )
+}
+
+/// Nodes A and B, a delivery on its way with driver d1, and the driver
+/// connected to A.
+async fn setup(pg: &Postgres, redis: &Redis) -> (Server, Server, String, Ws) {
+    pg.migrate();
+    let a = Server::start_with(&config(pg, redis), &[]);
+    let b = Server::start_node(&config(pg, redis), &[], Some(a.data_dir()));
+    let disp = staff("acme", "dispatcher", "alice");
+    let (_, created) = a
+        .post("/v1/deliveries", &disp, &delivery_body("rx-1"))
+        .await;
+    a.put("/v1/drivers/d1/route", &disp, &json!({"stops": ["rx-1"]}))
+        .await;
+    let (code, _) = a
+        .post(
+            "/v1/deliveries/rx-1/status",
+            &disp,
+            &json!({"status": "picked_up"}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            b.get("/v1/deliveries/rx-1", &disp).await.1["status"] == "en_route"
+        })
+        .await
+    );
+    let drv = driver_connect(&a, &driver("acme", "d1", "phone-1")).await;
+    (a, b, tracking_token(&created), drv)
+}
+
+/// Pings from the driver until `done` says so (or 10 s pass).
+async fn drive_until(drv: &mut Ws, seq: &mut u64, mut done: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        *seq += 1;
+        send_json(drv, &ping(*seq)).await;
+        until_ack(drv).await;
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// The next message with `type` among the next few (positions come often).
+async fn next_of(ws: &mut Ws, kind: &str) -> Option<Value> {
+    for _ in 0..200 {
+        match tokio::time::timeout(Duration::from_millis(200), next(ws, 10)).await {
+            Ok(Got::Json(v)) if v["type"] == kind => return Some(v),
+            Ok(Got::Json(_)) | Err(_) => {}
+            Ok(Got::Closed(c)) => panic!("closed with {c:?}"),
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn positions_and_eta_windows_reach_the_other_node() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let (_a, b, token, mut drv) = setup(&pg, &redis).await;
+    let disp = staff("acme", "dispatcher", "alice");
+    let mut map = ws_connect(&b, "/v1/dispatch/ws", &disp, Present::Subprotocol).await;
+    let Got::Json(snap) = next(&mut map, 10).await else {
+        panic!("no snapshot")
+    };
+    assert_eq!(snap["type"], "snapshot");
+    let mut patient = ws_connect(&b, &format!("/v1/track/{token}/ws"), "", Present::None).await;
+    let Got::Json(first) = next(&mut patient, 10).await else {
+        panic!("no patient snapshot")
+    };
+    assert_eq!(first["status"], "en_route");
+    // The driver drives on node A; B's map and B's patient follow.
+    let mut seq = 0;
+    let mut window = Value::Null;
+    let reached = drive_until(&mut drv, &mut seq, async || {
+        if let Ok(Got::Json(v)) =
+            tokio::time::timeout(Duration::from_millis(50), next(&mut patient, 1)).await
+            && !v["eta"].is_null()
+        {
+            window = v["eta"].clone();
+        }
+        !window.is_null()
+    })
+    .await;
+    assert!(
+        reached,
+        "the patient on B never got the window node A computes"
+    );
+    assert!(
+        window["from"].is_string() || window["from"].is_number(),
+        "{window}"
+    );
+    let frame = next_of(&mut map, "drivers").await.expect("positions on B");
+    assert!(
+        frame["drivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["driver_id"] == "d1"),
+        "{frame}"
+    );
+    // What the patient sees never carries a position.
+    assert!(first.get("lat").is_none() && window.get("lat").is_none());
+}
+
+#[tokio::test]
+async fn a_redis_restart_degrades_then_resynchronises() {
+    let pg = Postgres::start();
+    let mut redis = Redis::start();
+    let (_a, b, _token, mut drv) = setup(&pg, &redis).await;
+    let disp = staff("acme", "dispatcher", "alice");
+    let mut map = ws_connect(&b, "/v1/dispatch/ws", &disp, Present::Subprotocol).await;
+    next(&mut map, 10).await;
+    let mut seq = 0;
+    assert!(
+        drive_until(&mut drv, &mut seq, async || next_of(&mut map, "drivers")
+            .await
+            .is_some())
+        .await
+    );
+    redis.kill();
+    // B keeps serving its own clients, and says it is degraded.
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            call(http().get(b.url("/readyz"))).await.1["status"] == "degraded"
+        })
+        .await,
+        "/readyz did not say degraded without Redis"
+    );
+    let (code, _) = b.get("/v1/deliveries/rx-1", &disp).await;
+    assert_eq!(code, 200);
+    redis.restart();
+    // Messages published during the gap are gone: B's dispatcher is told to
+    // resynchronise (4410) and comes back to a snapshot and live positions.
+    assert_eq!(close_code(&mut map, 15).await, Some(4410));
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            call(http().get(b.url("/readyz"))).await.1["status"] == "ready"
+        })
+        .await
+    );
+    let mut map = ws_connect(&b, "/v1/dispatch/ws", &disp, Present::Subprotocol).await;
+    let Got::Json(snap) = next(&mut map, 10).await else {
+        panic!("no snapshot")
+    };
+    assert_eq!(snap["deliveries"].as_array().unwrap().len(), 1);
+    assert!(
+        drive_until(&mut drv, &mut seq, async || next_of(&mut map, "drivers")
+            .await
+            .is_some())
+        .await,
+        "positions did not cross nodes again after Redis came back"
+    );
+    let m = http()
+        .get(b.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("rxtrack_bus_resyncs_total") && !l.ends_with(" 0")),
+        "{m}"
+    );
+}
