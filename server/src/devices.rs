@@ -46,16 +46,20 @@ pub struct DeviceRow {
 }
 
 impl Devices {
-    /// The device's state, made on its first connection.
+    /// The device's state, made on its first connection. `acked`: the last
+    /// seq another node acknowledged to it, if any (the cursor starts there
+    /// if it is ahead).
     pub fn slot(
         &self,
         tenant: &TenantId,
         device: &DeviceId,
         driver: &SubjectId,
         limits: &Limits,
+        acked: Option<u64>,
     ) -> Arc<Mutex<DeviceLive>> {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry((tenant.clone(), device.clone()))
+        let slot = map
+            .entry((tenant.clone(), device.clone()))
             .or_insert_with(|| {
                 let l = limits;
                 let now = Instant::now();
@@ -67,7 +71,12 @@ impl Devices {
                     messages: Bucket::new(l.messages_per_second, l.message_burst, now),
                 }))
             })
-            .clone()
+            .clone();
+        if let Some(seq) = acked {
+            let mut live = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            live.cursor.last_seq = live.cursor.last_seq.max(seq);
+        }
+        slot
     }
 
     /// The tenant's devices seen since start-up.

@@ -57,11 +57,13 @@ pub async fn run(app: &App, ws: &mut Socket, auth: Result<Principal, AuthError>)
         return Some((close::FORBIDDEN, "device revoked".into()));
     }
 
+    let acked = app.bus.acked_seq(&principal.tenant, &device).await;
     let slot = app.devices.slot(
         &principal.tenant,
         &device,
         &principal.sub,
         &app.config.limits,
+        acked,
     );
     let crate::bus::Session {
         id: session_id,
@@ -323,6 +325,9 @@ impl Session<'_> {
         if self.send(ws, &ServerMsg::Ack { seq: ack }).await.is_err() {
             return Next::Close(close::GOING_AWAY, "write failed");
         }
+        self.app
+            .bus
+            .acked(&self.principal.tenant, &self.device, ack);
         m.acks_sent.inc();
         Next::Continue
     }

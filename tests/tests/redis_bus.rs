@@ -189,3 +189,43 @@ async fn a_redis_restart_degrades_then_resynchronises() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn a_driver_moving_to_another_node_is_not_reapplied_what_was_acknowledged() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let (mut a, b, _token, mut drv) = setup(&pg, &redis).await;
+    for seq in 1..=5 {
+        send_json(&mut drv, &ping(seq)).await;
+        until_ack(&mut drv).await;
+    }
+    // The cursor reaches Redis (asynchronously), then node A dies.
+    let key = "rxtrack:acme:device:phone-1:acked";
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &redis.port.to_string(), "GET", key])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim() == "5"
+        })
+        .await
+    );
+    a.kill9();
+    // The app resends what it kept (3..5 were acknowledged by A) and more.
+    let mut drv = driver_connect(&b, &driver("acme", "d1", "phone-1")).await;
+    let pings: Vec<Value> = (3..=7).map(ping).collect();
+    send_json(&mut drv, &json!({"type": "batch", "pings": pings})).await;
+    let (acked, _) = until_ack(&mut drv).await;
+    assert_eq!(acked, 7);
+    let m = http()
+        .get(b.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("rxtrack_pings_duplicate_total 3"), "{m}");
+    assert!(m.contains("rxtrack_pings_accepted_total 2"), "{m}");
+}

@@ -98,6 +98,18 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn kick_device(&self, tenant: &TenantId, device: &DeviceId, why: Kick);
     /// Whether the device has a live session.
     fn connected(&self, tenant: &TenantId, device: &DeviceId) -> bool;
+    /// The last seq acknowledged to a device by any node (a driver that
+    /// reconnects elsewhere is not re-applied what it was told is done).
+    /// `None`: no other node could have acknowledged anything.
+    fn acked_seq(
+        &self,
+        _tenant: &TenantId,
+        _device: &DeviceId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<u64>> + Send + '_>> {
+        Box::pin(async { None })
+    }
+    /// Records the seq just acknowledged to a device (for [`Bus::acked_seq`]).
+    fn acked(&self, _tenant: &TenantId, _device: &DeviceId, _seq: u64) {}
     /// Whether other nodes share this bus: a patient view is then
     /// published only by the node that holds the driver's live state.
     fn shared(&self) -> bool {

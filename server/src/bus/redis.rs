@@ -11,7 +11,10 @@
 //!   with that delivery's patient; the view of a delivery on its way is
 //!   published only by the node holding its driver's live state (its ETA);
 //! - **kicks** on `rxtrack:kick`: a device that connects to one node ends
-//!   its session on any other (as replaced), and a revoke ends it at once.
+//!   its session on any other (as replaced), and a revoke ends it at once;
+//! - **each device's acknowledged seq** (a key, kept a day), so a driver
+//!   that reconnects to another node is not re-applied what it was told is
+//!   done.
 //!
 //! Redis pub/sub drops messages while a connection is down. A node that
 //! (re)connects asks every node, on `rxtrack:resync`, to publish its patient
@@ -41,6 +44,19 @@ const RESYNC: &str = "rxtrack:resync";
 const MAX_BATCH: usize = 1024;
 /// Wait between reconnection attempts.
 const RETRY: Duration = Duration::from_millis(500);
+
+/// How long a device's acknowledged seq is kept without news of it.
+const CURSOR_TTL_S: u64 = 24 * 3600;
+
+fn cursor_key(t: &TenantId, d: &DeviceId) -> String {
+    format!("rxtrack:{t}:device:{d}:acked")
+}
+
+/// What the publisher sends: a message on a channel, or a device's cursor.
+enum Out {
+    Publish(String, String),
+    Cursor(String, u64),
+}
 
 fn positions(t: &TenantId) -> String {
     format!("rxtrack:{t}:pos")
@@ -89,7 +105,8 @@ pub type Republish = Box<dyn Fn(Option<&(TenantId, DeliveryId)>) + Send + Sync>;
 pub struct RedisBus {
     local: Arc<LocalBus>,
     node: String,
-    out: mpsc::UnboundedSender<(String, String)>,
+    out: mpsc::UnboundedSender<Out>,
+    client: redis::Client,
     subscribe: mpsc::UnboundedSender<String>,
     wanted: Arc<Mutex<HashSet<String>>>,
     /// Whether the subscription and the publishing connection are up.
@@ -127,6 +144,7 @@ impl RedisBus {
             RESYNC.to_owned(),
         ])));
         let bus = Arc::new(Self {
+            client: client.clone(),
             local: Arc::new(local),
             node,
             out,
@@ -151,7 +169,7 @@ impl RedisBus {
 
     fn send(&self, channel: String, msg: &Wire) {
         if let Ok(text) = serde_json::to_string(msg) {
-            let _ = self.out.send((channel, text));
+            let _ = self.out.send(Out::Publish(channel, text));
         }
     }
 
@@ -304,6 +322,32 @@ impl Bus for RedisBus {
         self.local.connected(tenant, device)
     }
 
+    fn acked_seq(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<u64>> + Send + '_>> {
+        let key = cursor_key(tenant, device);
+        Box::pin(async move {
+            let read = async {
+                let mut conn = self.client.get_multiplexed_async_connection().await?;
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query_async::<Option<u64>>(&mut conn)
+                    .await
+            };
+            // Redis unreachable: the node's own cursor is all there is.
+            match tokio::time::timeout(RETRY, read).await {
+                Ok(Ok(seq)) => seq,
+                _ => None,
+            }
+        })
+    }
+
+    fn acked(&self, tenant: &TenantId, device: &DeviceId, seq: u64) {
+        let _ = self.out.send(Out::Cursor(cursor_key(tenant, device), seq));
+    }
+
     fn shared(&self) -> bool {
         true
     }
@@ -316,7 +360,7 @@ impl Bus for RedisBus {
 /// Sends what the node publishes, pipelined, reconnecting as needed.
 async fn publisher(
     client: redis::Client,
-    mut rx: mpsc::UnboundedReceiver<(String, String)>,
+    mut rx: mpsc::UnboundedReceiver<Out>,
     up: Arc<AtomicBool>,
 ) {
     let mut batch = Vec::new();
@@ -348,8 +392,20 @@ async fn publisher(
                 }
             }
             let mut pipe = redis::pipe();
-            for (channel, text) in batch.drain(..) {
-                pipe.cmd("PUBLISH").arg(channel).arg(text).ignore();
+            for out in batch.drain(..) {
+                match out {
+                    Out::Publish(channel, text) => {
+                        pipe.cmd("PUBLISH").arg(channel).arg(text).ignore();
+                    }
+                    Out::Cursor(key, seq) => {
+                        pipe.cmd("SET")
+                            .arg(key)
+                            .arg(seq)
+                            .arg("EX")
+                            .arg(CURSOR_TTL_S)
+                            .ignore();
+                    }
+                }
             }
             if let Err(e) = pipe.query_async::<()>(&mut conn).await {
                 up.store(false, Ordering::Release);
