@@ -229,3 +229,84 @@ async fn a_driver_moving_to_another_node_is_not_reapplied_what_was_acknowledged(
     assert!(m.contains("rxtrack_pings_duplicate_total 3"), "{m}");
     assert!(m.contains("rxtrack_pings_accepted_total 2"), "{m}");
 }
+
+/// A fix at the drop-off of `delivery_body` (or `north` degrees north of it).
+fn fix_at(seq: u64, ts: i64, north: f64, speed: f64) -> Value {
+    json!({"type": "ping", "seq": seq, "ts": ts, "lat": 60.1718 + north, "lng": 24.9414,
+           "acc": 5.0, "speed": speed})
+}
+
+#[tokio::test]
+async fn kill_9_of_the_drivers_node_mid_visit_repeats_and_loses_no_proximity_event() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let (mut a, b, _token, mut drv) = setup(&pg, &redis).await;
+    let disp = staff("acme", "dispatcher", "alice");
+    // Device time a minute back, one fix a second: the driver comes to the
+    // door and stands there; node A records the arrival.
+    let t0 = now_ms() - 60_000;
+    let mut seq = 0;
+    let at = |seq: &mut u64, north: f64, speed: f64| {
+        *seq += 1;
+        fix_at(*seq, t0 + i64::try_from(*seq).unwrap() * 1000, north, speed)
+    };
+    for north in [0.004, 0.003, 0.002, 0.001] {
+        send_json(&mut drv, &at(&mut seq, north, 10.0)).await;
+        until_ack(&mut drv).await;
+    }
+    for _ in 0..8 {
+        send_json(&mut drv, &at(&mut seq, 0.0, 0.0)).await;
+        until_ack(&mut drv).await;
+    }
+    assert_eq!(
+        a.get("/v1/deliveries/rx-1", &disp).await.1["status"],
+        "arrived"
+    );
+    a.kill9();
+    // On node B: still standing at the door, then driving off.
+    let mut drv = driver_connect(&b, &driver("acme", "d1", "phone-1")).await;
+    for _ in 0..8 {
+        send_json(&mut drv, &at(&mut seq, 0.0, 0.0)).await;
+        until_ack(&mut drv).await;
+    }
+    for i in 1..=10 {
+        send_json(&mut drv, &at(&mut seq, 0.0004 * f64::from(i), 10.0)).await;
+        until_ack(&mut drv).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            // On its way again (and, this close, approaching again).
+            b.get("/v1/deliveries/rx-1", &disp).await.1["status"] != "arrived"
+        })
+        .await,
+        "leaving the door on node B was not recorded: {}",
+        b.get("/v1/deliveries/rx-1/events", &disp).await.1
+    );
+    let (_, events) = b.get("/v1/deliveries/rx-1/events", &disp).await;
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .filter(|k| k.starts_with("dropoff."))
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "dropoff.arrived").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "dropoff.departed").count(),
+        1,
+        "{kinds:?}"
+    );
+    let out = std::process::Command::new(binary())
+        .args(["log", "verify", "--postgres", &pg.owner_url()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
