@@ -17,6 +17,11 @@ struct Cli {
     /// Base URL of the server.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// Another node of the same deployment (repeatable): drivers,
+    /// dispatchers and patients are spread over the nodes, each patient on
+    /// another node than its driver.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
     /// Tenant to load.
     #[arg(long, default_value = "demo")]
     tenant: String,
@@ -125,6 +130,11 @@ async fn main() -> anyhow::Result<()> {
             "helsinki"
         },
         start_at_pickup: cli.start_at_pickup,
+        peers: cli
+            .peers
+            .iter()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .collect(),
     };
     anyhow::ensure!(
         loadtest::run::extract(&cli.extract).is_some(),

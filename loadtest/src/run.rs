@@ -66,6 +66,10 @@ pub struct RunConfig {
     /// Drivers start loaded at the pharmacy (handed over at once) instead
     /// of driving there from across town and waiting for their orders.
     pub start_at_pickup: bool,
+    /// Other nodes of the same deployment (`--peer`): drivers, dispatchers
+    /// and patients are spread over `url` and these, each patient on
+    /// another node than its driver.
+    pub peers: Vec<String>,
 }
 
 fn now_ms() -> i64 {
@@ -220,6 +224,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         .timeout(Duration::from_secs(30))
         .build()?;
     let ws_base = cfg.url.replacen("http://", "ws://", 1);
+    // Every node, `url` first: driver i on node i, its patient on node i + 1.
+    let nodes: Vec<String> = std::iter::once(&cfg.url)
+        .chain(&cfg.peers)
+        .map(|u| u.replacen("http://", "ws://", 1))
+        .collect();
+    let node = |i: usize| nodes[i % nodes.len()].as_str();
     let dispatcher = mint(
         &cfg.secret,
         &claims_for(&cfg.tenant, "dispatcher", "loadtest", None, 3600),
@@ -236,8 +246,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let mut tasks = Vec::new();
 
     // Dispatchers: positions arrive batched; each is matched to its ping.
-    for _ in 0..cfg.dispatchers {
-        let ws = connect(&ws_base, "/v1/dispatch/ws", Some(&dispatcher)).await?;
+    for k in 0..cfg.dispatchers {
+        let ws = connect(node(k + 1), "/v1/dispatch/ws", Some(&dispatcher)).await?;
         tasks.push(tokio::spawn(read_dispatcher(
             ws,
             format!("lt{run_id}-d"),
@@ -248,7 +258,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     // Patients: only allowed keys, statuses in order; windows kept for ETA quality.
     if cfg.patients {
         for (n, (driver, token)) in links.iter().enumerate() {
-            let ws = connect(&ws_base, &format!("/v1/track/{token}/ws"), None).await?;
+            let path = format!("/v1/track/{token}/ws");
+            let ws = connect_patient(node(*driver + 1), &path, !cfg.peers.is_empty()).await?;
             tasks.push(tokio::spawn(read_patient(ws, n, *driver, shared.clone())));
         }
     }
@@ -258,7 +269,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let mut writers = Vec::new();
     for d in &fleet.drivers {
         let (tx, reader, interval) =
-            connect_driver(&cfg, &ws_base, d.index, run_id, &shared, &sent_at).await?;
+            connect_driver(&cfg, node(d.index), d.index, run_id, &shared, &sent_at).await?;
         writers.push(tx);
         tasks.push(reader);
         // Driver apps ping as often as the server asks.
@@ -969,6 +980,22 @@ type SentAt = Arc<Mutex<Vec<VecDeque<(u64, Instant)>>>>;
 
 /// Connects one driver app; returns its writer, the task reading its acks,
 /// and the ping interval the server asked for.
+/// A patient socket. `elsewhere`: on another node than the delivery was
+/// created on, which learns of it from the shared log a moment later.
+async fn connect_patient(ws_base: &str, path: &str, elsewhere: bool) -> anyhow::Result<Ws> {
+    let mut tries = 0;
+    loop {
+        match connect(ws_base, path, None).await {
+            Ok(ws) => return Ok(ws),
+            Err(_) if elsewhere && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 async fn connect_driver(
     cfg: &RunConfig,
     ws_base: &str,

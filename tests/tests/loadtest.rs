@@ -33,6 +33,7 @@ async fn a_short_fixed_load_passes_its_end_to_end_checks() {
         warmup: Duration::from_secs(1),
         extract: "helsinki",
         start_at_pickup: true,
+        peers: Vec::new(),
     })
     .await
     .unwrap();

@@ -310,3 +310,46 @@ async fn kill_9_of_the_drivers_node_mid_visit_repeats_and_loses_no_proximity_eve
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test]
+async fn the_load_generator_drives_two_nodes_with_every_patient_on_the_other() {
+    use loadtest::run::{RunConfig, run};
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    pg.migrate();
+    let a = Server::start_with(&config(&pg, &redis), &[]);
+    let b = Server::start_node(&config(&pg, &redis), &[], Some(a.data_dir()));
+    let report = run(RunConfig {
+        url: a.url(""),
+        tenant: "acme".into(),
+        secret: ACME_SECRET.as_bytes().to_vec(),
+        drivers: 6,
+        stops_per_driver: 1,
+        duration: Duration::from_secs(5),
+        seed: 7,
+        dispatchers: 1,
+        patients: true,
+        server_pid: None,
+        churn_per_s: 0,
+        warmup: Duration::from_secs(1),
+        extract: "helsinki",
+        start_at_pickup: true,
+        peers: vec![b.url("")],
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.pings_acked, report.pings_sent, "{}", report.table());
+    assert!(
+        report.errors.is_empty() && report.closes.is_empty(),
+        "{}",
+        report.table()
+    );
+    assert_eq!(report.exposure_violations, 0);
+    assert_eq!(report.statuses_out_of_order, 0);
+    // Patients on the other node than their driver heard of its progress.
+    assert!(
+        report.ping_to_patient.is_some_and(|p| p.count > 0),
+        "{}",
+        report.table()
+    );
+}
