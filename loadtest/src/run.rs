@@ -224,11 +224,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         .timeout(Duration::from_secs(30))
         .build()?;
     let ws_base = cfg.url.replacen("http://", "ws://", 1);
-    // Every node, `url` first: driver i on node i, its patient on node i + 1.
-    let nodes: Vec<String> = std::iter::once(&cfg.url)
-        .chain(&cfg.peers)
-        .map(|u| u.replacen("http://", "ws://", 1))
-        .collect();
+    // Driver i on node i, its patient on node i + 1.
+    let nodes = node_bases(&cfg);
     let node = |i: usize| nodes[i % nodes.len()].as_str();
     let dispatcher = mint(
         &cfg.secret,
@@ -980,6 +977,14 @@ type SentAt = Arc<Mutex<Vec<VecDeque<(u64, Instant)>>>>;
 
 /// Connects one driver app; returns its writer, the task reading its acks,
 /// and the ping interval the server asked for.
+/// Every node's WebSocket base, `url` first.
+fn node_bases(cfg: &RunConfig) -> Vec<String> {
+    std::iter::once(&cfg.url)
+        .chain(&cfg.peers)
+        .map(|u| u.replacen("http://", "ws://", 1))
+        .collect()
+}
+
 /// A patient socket. `elsewhere`: on another node than the delivery was
 /// created on, which learns of it from the shared log a moment later.
 async fn connect_patient(ws_base: &str, path: &str, elsewhere: bool) -> anyhow::Result<Ws> {
