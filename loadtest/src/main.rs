@@ -77,6 +77,29 @@ struct Cli {
     start_at_pickup: bool,
 }
 
+/// Idle mode: holds patient sockets open and reports the server's memory per socket.
+async fn idle(cli: &Cli, secret: Vec<u8>, sockets: usize) -> anyhow::Result<()> {
+    let pid = cli.server_pid.context("idle mode needs --server-pid")?;
+    let report = loadtest::idle::run(loadtest::idle::IdleConfig {
+        url: cli.url.trim_end_matches('/').to_owned(),
+        tenant: cli.tenant.clone(),
+        secret,
+        sockets,
+        sources: cli.sources,
+        settle: Duration::from_secs(3),
+        server_pid: pid,
+    })
+    .await?;
+    println!(
+        "{} idle patient sockets: server RSS {} KiB -> {} KiB, {:.0} bytes per socket",
+        report.sockets_open, report.rss_before_kib, report.rss_after_kib, report.bytes_per_socket
+    );
+    if let Some(p) = &cli.report {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -87,29 +110,13 @@ async fn main() -> anyhow::Result<()> {
         .as_bytes()
         .to_vec();
     if let Some(sockets) = cli.idle_sockets {
-        let pid = cli.server_pid.context("idle mode needs --server-pid")?;
-        let report = loadtest::idle::run(loadtest::idle::IdleConfig {
-            url: cli.url.trim_end_matches('/').to_owned(),
-            tenant: cli.tenant,
-            secret,
-            sockets,
-            sources: cli.sources,
-            settle: Duration::from_secs(3),
-            server_pid: pid,
-        })
-        .await?;
-        println!(
-            "{} idle patient sockets: server RSS {} KiB -> {} KiB, {:.0} bytes per socket",
-            report.sockets_open,
-            report.rss_before_kib,
-            report.rss_after_kib,
-            report.bytes_per_socket
-        );
-        if let Some(p) = cli.report {
-            std::fs::write(&p, serde_json::to_string_pretty(&report)?)?;
-        }
-        return Ok(());
+        return idle(&cli, secret, sockets).await;
     }
+    let peers: Vec<String> = cli
+        .peers
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .collect();
     // One fixed run with `drivers` drivers, everything else from the command line.
     let fixed = |drivers: usize| RunConfig {
         url: cli.url.trim_end_matches('/').to_owned(),
@@ -130,11 +137,7 @@ async fn main() -> anyhow::Result<()> {
             "helsinki"
         },
         start_at_pickup: cli.start_at_pickup,
-        peers: cli
-            .peers
-            .iter()
-            .map(|u| u.trim_end_matches('/').to_owned())
-            .collect(),
+        peers: peers.clone(),
     };
     anyhow::ensure!(
         loadtest::run::extract(&cli.extract).is_some(),
