@@ -8,6 +8,7 @@
 )]
 pub mod browser;
 pub mod pg;
+pub mod proxy;
 pub mod redis;
 
 use std::io::{BufRead as _, BufReader};

@@ -353,3 +353,77 @@ async fn the_load_generator_drives_two_nodes_with_every_patient_on_the_other() {
         report.table()
     );
 }
+
+// Multi-threaded: the proxies run on the test's runtime while starting a
+// node blocks a thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_postgres_and_redis_refuses_then_catches_up() {
+    use rxtrack_tests::proxy::Proxy;
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    pg.migrate();
+    let (pg_link, redis_link) = (Proxy::start(pg.port).await, Proxy::start(redis.port).await);
+    // Node A reaches both engines through the proxies; node B directly.
+    let through = format!(
+        "[postgres]\nurl = \"postgres://rxtrack_app@127.0.0.1:{}/rxtrack\"\n[redis]\nurl = \"redis://127.0.0.1:{}\"\n",
+        pg_link.port, redis_link.port
+    );
+    let a = Server::start_with(&through, &[]);
+    let b = Server::start_node(&config(&pg, &redis), &[], Some(a.data_dir()));
+    let disp = staff("acme", "dispatcher", "alice");
+    assert_eq!(
+        a.post("/v1/deliveries", &disp, &delivery_body("rx-1"))
+            .await
+            .0,
+        201
+    );
+
+    pg_link.cut();
+    redis_link.cut();
+    let (code, body) = a
+        .post("/v1/deliveries", &disp, &delivery_body("rx-2"))
+        .await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(a.get("/v1/deliveries/rx-2", &disp).await.0, 404);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            http().get(a.url("/readyz")).send().await.unwrap().status() == 503
+        })
+        .await
+    );
+    // The other node is not held up by A's partition.
+    assert_eq!(
+        b.post("/v1/deliveries", &disp, &delivery_body("rx-3"))
+            .await
+            .0,
+        201
+    );
+
+    pg_link.heal();
+    redis_link.heal();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            a.post("/v1/deliveries", &disp, &delivery_body("rx-2"))
+                .await
+                .0
+                == 201
+        })
+        .await,
+        "node A did not write again after the partition healed"
+    );
+    // Each node has caught up with what the other wrote meanwhile.
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            a.get("/v1/deliveries/rx-3", &disp).await.0 == 200
+                && b.get("/v1/deliveries/rx-2", &disp).await.0 == 200
+        })
+        .await
+    );
+    let out = std::process::Command::new(binary())
+        .args(["log", "verify", "--postgres", &pg.owner_url()])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["tenants"]["acme"]["events"], 3, "{report}");
+}
