@@ -76,6 +76,17 @@ impl App {
         let log = open_log(&config, &keys, &mut states, &metrics).await?;
         for t in &config.tenants {
             if !states.contains_key(&t.id) {
+                // Several nodes share one log: a key made here would seal
+                // what the others cannot open. One is made only for a
+                // tenant whose chain is still empty (the first node).
+                if log.head(&t.id).is_some() {
+                    anyhow::bail!(
+                        "tenant {} has events in the shared log but no data key here ({}): \
+                         copy it from another node",
+                        t.id,
+                        log::crypto::key_path(&config.data_dir, &t.id).display()
+                    );
+                }
                 let key = DataKey::load(&config.data_dir, &t.id, true)?
                     .context("a created data key can be loaded")?;
                 states.insert(t.id.clone(), fresh(Arc::new(key), &t.id));
@@ -248,11 +259,18 @@ async fn tail(
     mut changes: tokio::sync::mpsc::UnboundedReceiver<TenantId>,
     tenants: HashMap<TenantId, Arc<Tenant>>,
 ) {
-    while let Some(id) = changes.recv().await {
-        if let Some(t) = tenants.get(&id)
-            && let Err(e) = t.catch_up().await
-        {
-            tracing::warn!(tenant = %id, error = %e, "catching up with other nodes failed; retrying on the next change");
+    while let Some(first) = changes.recv().await {
+        // What piled up meanwhile is one catch-up per tenant.
+        let mut due = std::collections::BTreeSet::from([first]);
+        while let Ok(id) = changes.try_recv() {
+            due.insert(id);
+        }
+        for id in due {
+            if let Some(t) = tenants.get(&id)
+                && let Err(e) = t.catch_up().await
+            {
+                tracing::warn!(tenant = %id, error = %e, "catching up with other nodes failed; retrying on the next change");
+            }
         }
     }
 }

@@ -42,8 +42,18 @@ const KICKS: &str = "rxtrack:kick";
 const RESYNC: &str = "rxtrack:resync";
 /// Most messages sent to Redis in one pipeline.
 const MAX_BATCH: usize = 1024;
-/// Wait between reconnection attempts.
+/// Wait between reconnection attempts, and longest wait for Redis.
 const RETRY: Duration = Duration::from_millis(500);
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// Messages waiting for Redis before new ones are dropped (pub/sub keeps
+/// nothing for the absent either; a resync follows a gap).
+const QUEUE: usize = 65_536;
+
+fn config() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(TIMEOUT)
+        .set_response_timeout(TIMEOUT)
+}
 
 /// How long a device's acknowledged seq is kept without news of it.
 const CURSOR_TTL_S: u64 = 24 * 3600;
@@ -105,9 +115,10 @@ pub type Republish = Box<dyn Fn(Option<&(TenantId, DeliveryId)>) + Send + Sync>;
 pub struct RedisBus {
     local: Arc<LocalBus>,
     node: String,
-    out: mpsc::UnboundedSender<Out>,
+    out: mpsc::Sender<Out>,
     client: redis::Client,
-    subscribe: mpsc::UnboundedSender<String>,
+    /// Channels for the subscriber to add, and what to send once it has.
+    subscribe: mpsc::UnboundedSender<(String, Option<Wire>)>,
     wanted: Arc<Mutex<HashSet<String>>>,
     /// Whether the subscription and the publishing connection are up.
     up: Arc<AtomicBool>,
@@ -137,7 +148,7 @@ impl RedisBus {
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
             .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "no randomness")))?;
         let node = crate::log::event::hex(&raw);
-        let (out, out_rx) = mpsc::unbounded_channel();
+        let (out, out_rx) = mpsc::channel(QUEUE);
         let (subscribe, sub_rx) = mpsc::unbounded_channel();
         let wanted = Arc::new(Mutex::new(HashSet::from([
             KICKS.to_owned(),
@@ -169,18 +180,22 @@ impl RedisBus {
 
     fn send(&self, channel: String, msg: &Wire) {
         if let Ok(text) = serde_json::to_string(msg) {
-            let _ = self.out.send(Out::Publish(channel, text));
+            let _ = self.out.try_send(Out::Publish(channel, text));
         }
     }
 
-    fn want(&self, channel: String) {
+    /// Subscribes to `channel` (once), then sends `then` (on its own
+    /// channel) once the subscription holds, so an answer to it is heard.
+    fn want(&self, channel: String, then: Option<Wire>) {
         let new = self
             .wanted
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(channel.clone());
         if new {
-            let _ = self.subscribe.send(channel);
+            let _ = self.subscribe.send((channel, then));
+        } else if let Some(msg) = then {
+            self.send(RESYNC.to_owned(), &msg);
         }
     }
 
@@ -264,7 +279,7 @@ impl Bus for RedisBus {
     }
 
     fn subscribe_dispatcher(&self, tenant: &TenantId) -> Option<DispatcherFeed> {
-        self.want(positions(tenant));
+        self.want(positions(tenant), None);
         self.local.subscribe_dispatcher(tenant)
     }
 
@@ -274,15 +289,14 @@ impl Bus for RedisBus {
         id: &DeliveryId,
         current: &PatientSnapshot,
     ) -> watch::Receiver<Utf8Bytes> {
-        self.want(patient_channel(tenant, id));
         // The node with the driver's fixes tells this patient its view now
-        // (it publishes only changes otherwise).
-        self.send(
-            RESYNC.to_owned(),
-            &Wire::Resync {
+        // (it publishes only changes otherwise), once this node listens.
+        self.want(
+            patient_channel(tenant, id),
+            Some(Wire::Resync {
                 n: self.node.clone(),
                 want: Some((tenant.clone(), id.clone())),
-            },
+            }),
         );
         self.local.subscribe_patient(tenant, id, current)
     }
@@ -330,7 +344,10 @@ impl Bus for RedisBus {
         let key = cursor_key(tenant, device);
         Box::pin(async move {
             let read = async {
-                let mut conn = self.client.get_multiplexed_async_connection().await?;
+                let mut conn = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&config())
+                    .await?;
                 redis::cmd("GET")
                     .arg(&key)
                     .query_async::<Option<u64>>(&mut conn)
@@ -345,7 +362,9 @@ impl Bus for RedisBus {
     }
 
     fn acked(&self, tenant: &TenantId, device: &DeviceId, seq: u64) {
-        let _ = self.out.send(Out::Cursor(cursor_key(tenant, device), seq));
+        let _ = self
+            .out
+            .try_send(Out::Cursor(cursor_key(tenant, device), seq));
     }
 
     fn shared(&self) -> bool {
@@ -358,14 +377,13 @@ impl Bus for RedisBus {
 }
 
 /// Sends what the node publishes, pipelined, reconnecting as needed.
-async fn publisher(
-    client: redis::Client,
-    mut rx: mpsc::UnboundedReceiver<Out>,
-    up: Arc<AtomicBool>,
-) {
+async fn publisher(client: redis::Client, mut rx: mpsc::Receiver<Out>, up: Arc<AtomicBool>) {
     let mut batch = Vec::new();
     loop {
-        let mut conn = match client.get_multiplexed_async_connection().await {
+        let mut conn = match client
+            .get_multiplexed_async_connection_with_config(&config())
+            .await
+        {
             Ok(c) => {
                 up.store(true, Ordering::Release);
                 c
@@ -420,7 +438,7 @@ async fn publisher(
 /// after every (re)connection, asks for a resync.
 async fn subscriber(
     client: redis::Client,
-    mut new: mpsc::UnboundedReceiver<String>,
+    mut new: mpsc::UnboundedReceiver<(String, Option<Wire>)>,
     bus: Weak<RedisBus>,
     metrics: Arc<Metrics>,
 ) {
@@ -482,9 +500,12 @@ async fn subscriber(
                     }
                 }
                 ch = new.recv() => {
-                    let Some(ch) = ch else { return };
+                    let Some((ch, then)) = ch else { return };
                     if sink.subscribe(&ch).await.is_err() {
                         break;
+                    }
+                    if let (Some(msg), Some(b)) = (then, bus.upgrade()) {
+                        b.send(RESYNC.to_owned(), &msg);
                     }
                 }
             }

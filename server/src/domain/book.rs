@@ -216,6 +216,29 @@ impl Book {
             .filter(|d| d.link_valid(now, self.link_grace_ms))
     }
 
+    /// Whether a proximity draft decided earlier (against a book that has
+    /// since moved: another node wrote first) would still record something
+    /// new: an arrival where the book has none, a departure where it has
+    /// one, an approach not yet announced.
+    #[must_use]
+    pub fn still_new(&self, d: &Draft) -> bool {
+        let Some(r) = d
+            .delivery_id
+            .as_ref()
+            .and_then(|id| self.deliveries.get(id))
+        else {
+            return false;
+        };
+        match d.kind {
+            EventKind::PickupArrived => !r.at_pickup && r.status == Status::Scheduled,
+            EventKind::PickupDeparted => r.at_pickup,
+            EventKind::DropoffArrived => !r.at_dropoff && r.status.is_moving(),
+            EventKind::DropoffDeparted => r.at_dropoff,
+            EventKind::DropoffApproaching => r.status == Status::EnRoute && !r.approached,
+            _ => false,
+        }
+    }
+
     /// The staff view of a delivery.
     #[must_use]
     pub fn view<'a>(&'a self, d: &'a Record) -> DeliveryView<'a> {

@@ -141,11 +141,14 @@ impl Tracker {
         self.tracks.get(id)
     }
 
-    /// Whether this read model holds the driver's live state (its fixes
-    /// come here): its deliveries' ETAs are this node's to tell.
+    /// Whether the driver's fixes come here, recently (within the quiet
+    /// time): its deliveries' ETAs are this node's to tell. A driver that
+    /// moved to another node stops counting here once quiet.
     #[must_use]
-    pub fn has_live(&self, driver: &SubjectId) -> bool {
-        self.live.contains_key(driver)
+    pub fn has_live(&self, driver: &SubjectId, now: UnixMillis) -> bool {
+        self.live
+            .get(driver)
+            .is_some_and(|l| now.since(l.seen) <= self.eta_cfg.quiet_ms)
     }
 
     /// Every delivery's current patient view.

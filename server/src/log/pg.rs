@@ -47,6 +47,8 @@ const MAX_GROUP: usize = 512;
 const READERS: usize = 4;
 /// How often a node looks for other nodes' events without being told.
 pub const POLL: Duration = Duration::from_secs(1);
+/// Longest wait for a connection, a commit or a read.
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema, one migration per entry, applied in order by `rxtrack migrate`.
 const MIGRATIONS: &[&str] = &[r"
@@ -169,7 +171,10 @@ pub struct PgLog {
     pool: Pool,
     tx: mpsc::UnboundedSender<Append>,
     heads: Arc<Mutex<HashMap<String, (u64, String)>>>,
+    /// The last commit went through (or none failed yet).
     healthy: Arc<AtomicBool>,
+    /// The listening connection answers (probed every second).
+    reachable: Arc<AtomicBool>,
     changes: Mutex<Option<mpsc::UnboundedReceiver<TenantId>>>,
 }
 
@@ -185,9 +190,14 @@ impl PgLog {
     /// Connects (a writer, readers, a listener) and starts the group-commit
     /// writer. `tenants`: the tenants this node serves (polled for changes).
     pub async fn connect(url: &str, tenants: Vec<TenantId>) -> Result<Self, StoreError> {
-        let pg: tokio_postgres::Config = url
+        let mut pg: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::Database(e.to_string()))?;
+        // A database that vanishes (a cut network, a half-open connection)
+        // is noticed in seconds, not at TCP's two hours.
+        pg.connect_timeout(TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5));
         let manager = Manager::from_config(
             pg.clone(),
             NoTls,
@@ -199,29 +209,68 @@ impl PgLog {
             .max_size(READERS + 1)
             .build()
             .map_err(|e| StoreError::Database(e.to_string()))?;
-        // Fail now, with the reason, if the database cannot be reached.
-        drop(
-            pool.get()
-                .await
-                .map_err(|e| StoreError::Database(e.to_string()))?,
-        );
+        // Fail now, with the reason, if the database cannot be reached, has
+        // no schema, or would not hold this role to its tenants' rows.
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let row = client
+            .query_one(
+                "SELECT to_regclass('delivery_events') IS NOT NULL,                         coalesce((SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user), false),                         coalesce((SELECT tableowner = current_user FROM pg_tables WHERE tablename = 'delivery_events'), false)",
+                &[],
+            )
+            .await
+            .map_err(|e| db(&e))?;
+        let (schema, bypass, owner): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+        if !schema {
+            return Err(StoreError::Database(
+                "no delivery_events table: run `rxtrack migrate --postgres <owner URL> --grant-to <this role>`".into(),
+            ));
+        }
+        if bypass || owner {
+            return Err(StoreError::Database(
+                "this role owns delivery_events or bypasses row-level security: \
+                 connect the servers as a role that may only insert and read (rxtrack migrate --grant-to)"
+                    .into(),
+            ));
+        }
+        drop(client);
         let (tx, rx) = mpsc::unbounded_channel();
         let heads = Arc::new(Mutex::new(HashMap::new()));
         let healthy = Arc::new(AtomicBool::new(true));
         tokio::spawn(writer(pool.clone(), rx, heads.clone(), healthy.clone()));
         let (ch_tx, ch_rx) = mpsc::unbounded_channel();
-        tokio::spawn(listen(pg, tenants, ch_tx, healthy.clone()));
+        let reachable = Arc::new(AtomicBool::new(true));
+        tokio::spawn(listen(
+            pg,
+            tenants,
+            ch_tx,
+            reachable.clone(),
+            healthy.clone(),
+        ));
         Ok(Self {
             pool,
             tx,
             heads,
             healthy,
+            reachable,
             changes: Mutex::new(Some(ch_rx)),
         })
     }
 
     /// A tenant's events after `seq`, read with the tenant set.
     pub async fn read_after_async(
+        &self,
+        tenant: &str,
+        seq: u64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        tokio::time::timeout(TIMEOUT, self.read_after_inner(tenant, seq))
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Database("the read timed out".into())))
+    }
+
+    async fn read_after_inner(
         &self,
         tenant: &str,
         seq: u64,
@@ -382,7 +431,7 @@ impl EventLog for PgLog {
     }
 
     fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
+        self.healthy.load(Ordering::Acquire) && self.reachable.load(Ordering::Acquire)
     }
 
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
@@ -406,7 +455,10 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        match commit(&pool, &group).await {
+        let outcome = tokio::time::timeout(TIMEOUT, commit(&pool, &group))
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Database("the commit timed out".into())));
+        match outcome {
             Ok(outcomes) => {
                 healthy.store(true, Ordering::Release);
                 let mut h = heads.lock().unwrap_or_else(PoisonError::into_inner);
@@ -460,72 +512,23 @@ async fn commit(pool: &Pool, group: &[Append]) -> Result<Vec<bool>, StoreError> 
         )
         .await
         .map_err(|e| db(&e))?;
-    let mut outcomes = Vec::with_capacity(group.len());
+    let mut outcomes = vec![true; group.len()];
     let mut notified: Vec<&str> = Vec::new();
-    for a in group {
+    // Every node takes tenants in the same order, so two nodes' groups
+    // never wait on each other's rows in a cycle (a stable sort keeps one
+    // tenant's appends in chain order).
+    let mut order: Vec<usize> = (0..group.len()).collect();
+    order.sort_by(|x, y| group[*x].tenant.cmp(&group[*y].tenant));
+    for i in order {
+        let a = &group[i];
         let Some(first) = a.events.first() else {
-            outcomes.push(true);
             continue;
         };
-        let seqs: Vec<i64> = a
-            .events
-            .iter()
-            .map(|e| i64::try_from(e.seq).unwrap_or(i64::MAX))
-            .collect();
-        let ids: Vec<Option<&str>> = a.events.iter().map(|e| e.delivery_id.as_deref()).collect();
-        let ats: Vec<i64> = a.events.iter().map(|e| e.at).collect();
-        let prevs: Vec<&str> = a.events.iter().map(|e| e.prev.as_str()).collect();
-        let hashes: Vec<&str> = a.events.iter().map(|e| e.hash.as_str()).collect();
-        let lines: Vec<String> = a
-            .events
-            .iter()
-            .map(|e| String::from_utf8_lossy(&e.to_line()).trim_end().to_owned())
-            .collect();
-        let first_seq = i64::try_from(first.seq).unwrap_or(i64::MAX);
-        tx.batch_execute("SAVEPOINT append")
-            .await
-            .map_err(|e| db(&e))?;
-        tx.execute(
-            "SELECT set_config('rxtrack.tenant', $1, true)",
-            &[&a.tenant],
-        )
-        .await
-        .map_err(|e| db(&e))?;
-        let inserted = tx
-            .execute(
-                &insert,
-                &[
-                    &a.tenant,
-                    &seqs,
-                    &ids,
-                    &ats,
-                    &prevs,
-                    &hashes,
-                    &lines,
-                    &first_seq,
-                    &first.prev.as_str(),
-                    &GENESIS,
-                ],
-            )
-            .await;
-        let ok = match inserted {
-            Ok(n) => n == a.events.len() as u64,
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => false,
-            Err(e) => return Err(db(&e)),
-        };
-        if ok {
-            tx.batch_execute("RELEASE SAVEPOINT append")
-                .await
-                .map_err(|e| db(&e))?;
-            if !notified.contains(&a.tenant.as_str()) {
-                notified.push(&a.tenant);
-            }
-        } else {
-            tx.batch_execute("ROLLBACK TO SAVEPOINT append")
-                .await
-                .map_err(|e| db(&e))?;
+        let ok = insert_one(&tx, &insert, a, first).await?;
+        if ok && !notified.contains(&a.tenant.as_str()) {
+            notified.push(&a.tenant);
         }
-        outcomes.push(ok);
+        outcomes[i] = ok;
     }
     for t in notified {
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &t])
@@ -536,6 +539,81 @@ async fn commit(pool: &Pool, group: &[Append]) -> Result<Vec<bool>, StoreError> 
     Ok(outcomes)
 }
 
+/// Inserts one append in a savepoint; `false`: it lost the race (another
+/// node's rows are in its place, or it follows one that lost).
+async fn insert_one(
+    tx: &tokio_postgres::Transaction<'_>,
+    insert: &tokio_postgres::Statement,
+    a: &Append,
+    first: &StoredEvent,
+) -> Result<bool, StoreError> {
+    let seqs: Vec<i64> = a
+        .events
+        .iter()
+        .map(|e| i64::try_from(e.seq).unwrap_or(i64::MAX))
+        .collect();
+    let ids: Vec<Option<&str>> = a.events.iter().map(|e| e.delivery_id.as_deref()).collect();
+    let ats: Vec<i64> = a.events.iter().map(|e| e.at).collect();
+    let prevs: Vec<&str> = a.events.iter().map(|e| e.prev.as_str()).collect();
+    let hashes: Vec<&str> = a.events.iter().map(|e| e.hash.as_str()).collect();
+    let lines: Vec<String> = a
+        .events
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.to_line()).trim_end().to_owned())
+        .collect();
+    let first_seq = i64::try_from(first.seq).unwrap_or(i64::MAX);
+    tx.batch_execute("SAVEPOINT append")
+        .await
+        .map_err(|e| db(&e))?;
+    tx.execute(
+        "SELECT set_config('rxtrack.tenant', $1, true)",
+        &[&a.tenant],
+    )
+    .await
+    .map_err(|e| db(&e))?;
+    let inserted = tx
+        .execute(
+            insert,
+            &[
+                &a.tenant,
+                &seqs,
+                &ids,
+                &ats,
+                &prevs,
+                &hashes,
+                &lines,
+                &first_seq,
+                &first.prev.as_str(),
+                &GENESIS,
+            ],
+        )
+        .await;
+    let ok = match inserted {
+        Ok(n) => n == a.events.len() as u64,
+        // Another node took the place first (or their transactions
+        // collided): this append lost the race.
+        Err(e)
+            if [
+                SqlState::UNIQUE_VIOLATION,
+                SqlState::T_R_DEADLOCK_DETECTED,
+                SqlState::T_R_SERIALIZATION_FAILURE,
+            ]
+            .iter()
+            .any(|c| e.code() == Some(c)) =>
+        {
+            false
+        }
+        Err(e) => return Err(db(&e)),
+    };
+    let end = if ok {
+        "RELEASE SAVEPOINT append"
+    } else {
+        "ROLLBACK TO SAVEPOINT append"
+    };
+    tx.batch_execute(end).await.map_err(|e| db(&e))?;
+    Ok(ok)
+}
+
 /// Listens for other nodes' appends and polls every [`POLL`] as well;
 /// reconnects after a lost connection (and then names every tenant, so
 /// that each catches up).
@@ -544,6 +622,7 @@ async fn listen(
     tenants: Vec<TenantId>,
     out: mpsc::UnboundedSender<TenantId>,
     healthy: Arc<AtomicBool>,
+    writes: Arc<AtomicBool>,
 ) {
     loop {
         match pg.connect(NoTls).await {
@@ -589,6 +668,13 @@ async fn listen(
                                 None => break,
                             },
                             _ = poll.tick() => {
+                                // The connection answers: the database is
+                                // there (and a failed write may be retried).
+                                let probe = tokio::time::timeout(TIMEOUT, client.simple_query("SELECT 1")).await;
+                                if !matches!(probe, Ok(Ok(_))) {
+                                    break;
+                                }
+                                writes.store(true, Ordering::Release);
                                 for t in &tenants {
                                     if out.send(t.clone()).is_err() {
                                         return;

@@ -14,7 +14,10 @@ impl Tenant {
     pub fn absorb(&self, stored: Vec<StoredEvent>) -> Result<usize, CryptoError> {
         let mut g = self.lock();
         let inner = &mut *g;
+        // Everything is opened before anything changes: an event that does
+        // not open (a wrong key) leaves the tenant as it was.
         let mut fresh = Vec::new();
+        let mut ours = 0;
         let mut lost = false;
         for s in stored {
             let next = inner.visible_head.0 + 1 + fresh.len() as u64;
@@ -24,20 +27,23 @@ impl Tenant {
             if s.seq > next {
                 break;
             }
-            match inner.in_flight.front() {
-                Some(f) if f.event.seq == s.seq && f.event.hash == s.hash => {
-                    if let Some(f) = inner.in_flight.pop_front() {
-                        fresh.push(f.event);
+            if !lost {
+                match inner.in_flight.get(ours) {
+                    Some(f) if f.event.seq == s.seq && f.event.hash == s.hash => {
+                        fresh.push(f.event.clone());
+                        ours += 1;
+                        continue;
                     }
-                    continue;
+                    Some(f) if f.event.seq <= s.seq => lost = true,
+                    _ => {}
                 }
-                Some(f) if f.event.seq <= s.seq => {
-                    inner.in_flight.clear();
-                    lost = true;
-                }
-                _ => {}
             }
             fresh.push(crate::log::open_with(&self.key, s)?);
+        }
+        if lost {
+            inner.in_flight.clear();
+        } else {
+            inner.in_flight.drain(..ours);
         }
         let n = fresh.len();
         if n == 0 {

@@ -426,7 +426,7 @@ impl Tenant {
             !d.status.is_moving()
                 || d.driver
                     .as_ref()
-                    .is_some_and(|drv| inner.tracker.has_live(drv))
+                    .is_some_and(|drv| inner.tracker.has_live(drv, crate::clock::now()))
         })
     }
 
@@ -568,26 +568,43 @@ impl Tenant {
         now: UnixMillis,
     ) -> Result<(), CommitError> {
         // Fixes are fed once: a batch without events is answered at once.
+        let mut decided = Vec::new();
         let done = self
             .commit(
                 |s| {
                     let drafts = s.tracker.observe(s.visible, s.decided, who, fixes, now);
+                    decided.clone_from(&drafts);
                     Ok((drafts, ()))
                 },
                 false,
             )
             .await;
-        match done {
-            Err(CommitError::Conflict(_)) => {
-                // Another node wrote first: take its events in, and let the
-                // driver's next fixes find the visit again against them (a
-                // fresh detector; the book keeps events from repeating).
-                self.catch_up().await?;
-                self.lock().tracker.forget_detector(&who.sub);
-                Ok(())
-            }
-            other => other.map(|_| ()),
+        if !matches!(done, Err(CommitError::Conflict(_))) {
+            return done.map(|_| ());
         }
+        // Another node wrote first: read what won, and chain again the
+        // visits this batch found that are still new against it (the
+        // detector has moved on; the fixes are not fed twice).
+        for _ in 0..MAX_RETRIES {
+            self.catch_up().await?;
+            let again = self
+                .commit(
+                    |s| {
+                        let still: Vec<Draft> = decided
+                            .iter()
+                            .filter(|d| s.decided.still_new(d))
+                            .cloned()
+                            .collect();
+                        Ok((still, ()))
+                    },
+                    false,
+                )
+                .await;
+            if !matches!(again, Err(CommitError::Conflict(_))) {
+                return again.map(|_| ());
+            }
+        }
+        Err(CommitError::Contended(MAX_RETRIES))
     }
 
     /// Opens a tracking link: records `link.opened` durably, then returns
