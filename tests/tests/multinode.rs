@@ -353,3 +353,43 @@ async fn with_postgres_down_nothing_is_acknowledged_and_it_resumes_when_back() {
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["tenants"]["acme"]["events"], 2, "{report}");
 }
+
+#[test]
+fn a_server_refuses_a_role_that_row_level_security_would_not_bind() {
+    let pg = Postgres::start();
+    pg.migrate();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("acme.secret"), ACME_SECRET).unwrap();
+    let config = dir.path().join("rxtrack.toml");
+    let write = |url: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[postgres]\nurl = \"{url}\"\n\
+                 [[tenants]]\nid = \"acme\"\nhs256_secret_file = \"acme.secret\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    // The owner (here a superuser) sees every tenant's rows: refused.
+    write(&pg.owner_url());
+    let out = std::process::Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("row-level security"), "{err}");
+    // A database without the schema: told to migrate.
+    pg.sql("postgres", "CREATE DATABASE empty");
+    write(&pg.url(APP_ROLE, "empty"));
+    let out = std::process::Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rxtrack migrate"), "{err}");
+}

@@ -45,6 +45,8 @@ const MAX_BATCH: usize = 1024;
 /// Wait between reconnection attempts, and longest wait for Redis.
 const RETRY: Duration = Duration::from_millis(500);
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// How often channels of patients who left are unsubscribed.
+const PRUNE: Duration = Duration::from_secs(10);
 /// Messages waiting for Redis before new ones are dropped (pub/sub keeps
 /// nothing for the absent either; a resync follows a gap).
 const QUEUE: usize = 65_536;
@@ -199,6 +201,27 @@ impl RedisBus {
         }
     }
 
+    /// Patient channels this node subscribed to whose sockets have all
+    /// closed; forgotten here (the caller unsubscribes).
+    fn stale_patient_channels(&self) -> Vec<String> {
+        let watched: HashSet<String> = self
+            .local
+            .watched_deliveries()
+            .iter()
+            .map(|(t, d)| patient_channel(t, d))
+            .collect();
+        let mut wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale: Vec<String> = wanted
+            .iter()
+            .filter(|c| c.contains(":patient:") && !watched.contains(*c))
+            .cloned()
+            .collect();
+        for c in &stale {
+            wanted.remove(c);
+        }
+        stale
+    }
+
     /// A message from another node.
     fn receive(&self, text: &str) {
         let Ok(msg) = serde_json::from_str::<Wire>(text) else {
@@ -289,6 +312,9 @@ impl Bus for RedisBus {
         id: &DeliveryId,
         current: &PatientSnapshot,
     ) -> watch::Receiver<Utf8Bytes> {
+        // The local channel first: the pruner leaves a channel alone while
+        // a socket here holds its receiver.
+        let rx = self.local.subscribe_patient(tenant, id, current);
         // The node with the driver's fixes tells this patient its view now
         // (it publishes only changes otherwise), once this node listens.
         self.want(
@@ -298,7 +324,7 @@ impl Bus for RedisBus {
                 want: Some((tenant.clone(), id.clone())),
             }),
         );
-        self.local.subscribe_patient(tenant, id, current)
+        rx
     }
 
     fn open_session(&self, tenant: &TenantId, device: &DeviceId) -> Session {
@@ -489,8 +515,18 @@ async fn subscriber(
             }
         }
         first = false;
+        let mut prune = tokio::time::interval(PRUNE);
         loop {
             tokio::select! {
+                _ = prune.tick() => {
+                    // Channels of patients no longer here are left.
+                    let Some(b) = bus.upgrade() else { return };
+                    let stale = b.stale_patient_channels();
+                    drop(b);
+                    if !stale.is_empty() && sink.unsubscribe(&stale).await.is_err() {
+                        break;
+                    }
+                }
                 msg = stream.next() => {
                     let Some(msg) = msg else { break };
                     let Ok(text) = msg.get_payload::<String>() else { continue };
@@ -513,5 +549,38 @@ async fn subscriber(
         up.store(false, Ordering::Release);
         tracing::warn!("lost the Redis subscription; reconnecting");
         tokio::time::sleep(RETRY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Status;
+
+    #[tokio::test]
+    async fn patient_channels_are_left_once_their_sockets_close() {
+        let metrics = Arc::new(Metrics::new());
+        let t = TenantId::parse("acme").unwrap();
+        let local = LocalBus::new([t.clone()], metrics.clone());
+        // Nothing listens there: the bus keeps trying in the background.
+        let bus = RedisBus::start("redis://127.0.0.1:1", local, metrics).unwrap();
+        let id = DeliveryId::parse("rx-1").unwrap();
+        let view = PatientSnapshot {
+            status: Status::Scheduled,
+            stops_before: None,
+            eta: None,
+            updating: false,
+            display_name: None,
+            updated_at: 0,
+        };
+        let rx = bus.subscribe_patient(&t, &id, &view);
+        assert!(
+            bus.stale_patient_channels().is_empty(),
+            "a socket still listens"
+        );
+        drop(rx);
+        assert_eq!(bus.stale_patient_channels(), ["rxtrack:acme:patient:rx-1"]);
+        assert!(bus.stale_patient_channels().is_empty(), "forgotten once");
+        assert_eq!(bus.reachable(), Some(false));
     }
 }
