@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod event;
 pub mod pg;
 mod recover;
+mod schema;
 pub mod store;
 
 use std::collections::BTreeMap;
