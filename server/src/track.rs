@@ -61,11 +61,15 @@ type Opened = (
 /// With `follow`, also subscribes to later snapshots.
 async fn open(app: &App, peer: &PeerAddr, token: &str, follow: bool) -> Result<Opened, ApiError> {
     let limits = &app.config.limits;
+    // This node's bucket, and (with several nodes) the address's share of
+    // every node's lookups this minute.
+    let shared_budget = limits.link_lookup_burst + limits.link_lookups_per_s * 60.0;
     if !app.link_limiter.allow(
         peer.0.ip(),
         limits.link_lookups_per_s,
         limits.link_lookup_burst,
-    ) {
+    ) || !app.bus.allow_lookup(peer.0.ip(), shared_budget).await
+    {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",

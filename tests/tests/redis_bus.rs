@@ -427,3 +427,39 @@ async fn a_node_cut_off_from_postgres_and_redis_refuses_then_catches_up() {
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["tenants"]["acme"]["events"], 3, "{report}");
 }
+
+#[tokio::test]
+async fn the_link_lookup_limit_of_an_address_holds_across_nodes() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    pg.migrate();
+    let limits = "[limits]\nlink_lookup_burst = 6\nlink_lookups_per_minute = 1\n";
+    let cfg = format!("{limits}{}", config(&pg, &redis));
+    let a = Server::start_with(&cfg, &[]);
+    let b = Server::start_node(&cfg, &[], Some(a.data_dir()));
+    let disp = staff("acme", "dispatcher", "alice");
+    let (_, created) = a
+        .post("/v1/deliveries", &disp, &delivery_body("rx-1"))
+        .await;
+    let token = tracking_token(&created);
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            b.get("/v1/deliveries/rx-1", &disp).await.0 == 200
+        })
+        .await
+    );
+    // Each node alone would let 6 through (12 in all); together they let
+    // through 7 a minute (the burst and a minute's worth).
+    let minute = || now_ms().div_euclid(60_000);
+    let started = minute();
+    let mut passed = 0;
+    for i in 0..12 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let (code, _) = call(http().get(node.url(&format!("/v1/track/{token}")))).await;
+        assert!(code == 200 || code == 429, "{code}");
+        passed += usize::from(code == 200);
+    }
+    if minute() == started {
+        assert_eq!(passed, 7, "lookups from one address passed on two nodes");
+    }
+}

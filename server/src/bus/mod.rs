@@ -110,6 +110,16 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     }
     /// Records the seq just acknowledged to a device (for [`Bus::acked_seq`]).
     fn acked(&self, _tenant: &TenantId, _device: &DeviceId, _seq: u64) {}
+    /// Counts a tracking-link lookup from `ip` among every node's this
+    /// minute; `false` beyond `per_minute`. One node alone, or a bus that
+    /// cannot be reached, leaves it to the node's own limiter (`true`).
+    fn allow_lookup(
+        &self,
+        _ip: std::net::IpAddr,
+        _per_minute: f64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(async { true })
+    }
     /// Whether other nodes share this bus: a patient view is then
     /// published only by the node that holds the driver's live state.
     fn shared(&self) -> bool {

@@ -393,6 +393,44 @@ impl Bus for RedisBus {
             .try_send(Out::Cursor(cursor_key(tenant, device), seq));
     }
 
+    fn allow_lookup(
+        &self,
+        ip: std::net::IpAddr,
+        per_minute: f64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        // The address is kept only hashed, for two minutes.
+        let digest = ring::digest::digest(&ring::digest::SHA256, ip.to_string().as_bytes());
+        let minute = crate::clock::now().0.div_euclid(60_000);
+        let key = format!(
+            "rxtrack:lookups:{}:{minute}",
+            crate::log::event::hex(&digest.as_ref()[..12])
+        );
+        Box::pin(async move {
+            let count = async {
+                let mut conn = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&config())
+                    .await?;
+                let (n,): (u64,) = redis::pipe()
+                    .atomic()
+                    .cmd("INCR")
+                    .arg(&key)
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(120)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await?;
+                redis::RedisResult::Ok(n)
+            };
+            match tokio::time::timeout(TIMEOUT, count).await {
+                Ok(Ok(n)) => n as f64 <= per_minute,
+                // Redis unreachable: the node's own limiter still holds.
+                _ => true,
+            }
+        })
+    }
+
     fn shared(&self) -> bool {
         true
     }
