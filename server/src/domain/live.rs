@@ -225,28 +225,30 @@ impl Tracker {
         if route.is_empty() {
             return;
         }
+        // Each stop looked up once per fix.
+        let records: Vec<Option<&Record>> = route.iter().map(|id| book.delivery(id)).collect();
         // The pharmacy before the first delivery on the route that waits
         // there (orders already on board come before it).
-        let waiting = route.iter().position(|id| {
-            book.delivery(id)
-                .is_some_and(|d| d.status == Status::Scheduled)
-        });
+        let waiting = records
+            .iter()
+            .position(|d| d.is_some_and(|d| d.status == Status::Scheduled));
         let pickup = waiting
-            .and_then(|i| book.delivery(&route[i]))
+            .and_then(|i| records[i])
             .and_then(|d| d.pickup.target());
         let at_pickup = waiting.filter(|_| pickup.is_some());
-        let mut targets: Option<Vec<LatLng>> = route
+        let mut targets: Option<Vec<LatLng>> = records
             .iter()
-            .map(|id| book.delivery(id).and_then(|d| d.dropoff.target()))
+            .map(|d| d.and_then(|d| d.dropoff.target()))
             .collect();
         if let (Some(t), Some(i), Some(p)) = (targets.as_mut(), at_pickup, pickup) {
             t.insert(i, p);
         }
         let service = self.service.ms();
         // What is left of the service at the stop the driver is at.
-        let first_service = route
+        let first_service = records
             .first()
-            .and_then(|id| book.delivery(id))
+            .copied()
+            .flatten()
             .and_then(|d| d.arrived_at)
             .filter(|_| at_pickup != Some(0))
             .map_or(service, |t| (service - now.since(t)).max(0));
@@ -270,8 +272,8 @@ impl Tracker {
             _ => Vec::new(),
         };
         let (mut parts, tracks) = self.parts(book);
-        for (i, id) in route.iter().enumerate() {
-            let (Some(d), Some(t)) = (book.delivery(id), tracks.get_mut(id)) else {
+        for (i, (id, d)) in route.iter().zip(&records).enumerate() {
+            let (Some(d), Some(t)) = (*d, tracks.get_mut(id)) else {
                 continue;
             };
             t.eta = etas.get(i).copied();
