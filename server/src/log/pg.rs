@@ -169,30 +169,16 @@ impl PgLog {
         tenant: &str,
         seq: u64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Database(e.to_string()))?;
-        let tx = client.transaction().await.map_err(|e| db(&e))?;
-        tx.execute("SELECT set_config('rxtrack.tenant', $1, true)", &[&tenant])
-            .await
-            .map_err(|e| db(&e))?;
         let after = i64::try_from(seq).unwrap_or(i64::MAX);
-        let rows = tx
-            .query(
+        let events = self
+            .query_tenant(
+                tenant,
                 "SELECT line FROM delivery_events WHERE tenant = $1 AND seq > $2 ORDER BY seq",
                 &[&tenant, &after],
             )
-            .await
-            .map_err(|e| db(&e))?;
-        tx.commit().await.map_err(|e| db(&e))?;
-        let events = rows
+            .await?
             .iter()
-            .map(|r| {
-                serde_json::from_str::<StoredEvent>(r.get::<_, &str>(0))
-                    .map_err(|e| StoreError::Database(format!("an unreadable row: {e}")))
-            })
+            .map(|l| parse(l))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(last) = events.last() {
             let mut heads = self.heads.lock().unwrap_or_else(PoisonError::into_inner);

@@ -20,6 +20,13 @@ use crate::roads::RoadGraph;
 use crate::sim::{Fleet, Out, SimConfig, SimDriver};
 use crate::truth::{EtaTrace, StopTruth, count_arrivals, eta_quality};
 
+mod readers;
+mod setup;
+
+use readers::{read_dispatcher, read_driver, read_patient};
+pub use setup::create_delivery;
+use setup::{connect, connect_driver, connect_patient, create_deliveries, node_bases};
+
 /// Central Helsinki's streets (© OpenStreetMap contributors, `ODbL` 1.0).
 pub const HELSINKI: &[u8] = roads::HELSINKI;
 
@@ -108,24 +115,6 @@ pub fn claims_for(tenant: &str, role: &str, sub: &str, device: Option<&str>, ttl
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(ws_base: &str, path: &str, token: Option<&str>) -> anyhow::Result<Ws> {
-    let mut req = format!("{ws_base}{path}").into_client_request()?;
-    if let Some(t) = token {
-        req.headers_mut().insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_str(&format!("rxtrack.v1, bearer.{t}"))?,
-        );
-    }
-    Ok(
-        // Nagle off (as browsers and the server do): with it on, a small
-        // frame sent while the previous one is unacknowledged waits for the
-        // peer's delayed ACK, and the generator measured its own stalls.
-        tokio_tungstenite::connect_async_with_config(req, Some(client_config()), true)
-            .await?
-            .0,
-    )
-}
 
 /// The load generator's socket settings. tungstenite's default read buffer
 /// (128 KiB, zero-filled before every read) made `memset` 43% of the
@@ -598,269 +587,6 @@ fn measured(s: &Shared, elapsed: f64) -> Report {
     }
 }
 
-/// What the generator reads of a dispatcher frame.
-#[derive(serde::Deserialize)]
-struct PositionsFrame<'a> {
-    #[serde(borrow, default)]
-    drivers: Vec<PositionTs<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-struct PositionTs<'a> {
-    #[serde(borrow)]
-    driver_id: std::borrow::Cow<'a, str>,
-    ts: i64,
-}
-
-async fn read_dispatcher(mut ws: Ws, prefix: String, shared: Arc<Mutex<Shared>>) {
-    while let Some(Ok(m)) = ws.next().await {
-        let now = Instant::now();
-        if let Some(code) = close_code(&m) {
-            *lock(&shared)
-                .closes
-                .entry(format!("dispatcher {code}"))
-                .or_default() += 1;
-            break;
-        }
-        let Message::Text(t) = m else { continue };
-        // Position frames start with their type; events and delivery
-        // changes are small JSON objects with keys in any order.
-        if !t.as_str().starts_with(r#"{"type":"drivers""#)
-            && !t.as_str().starts_with(r#"{"type":"snapshot""#)
-        {
-            note_event_or_delivery(t.as_str(), &shared);
-            continue;
-        }
-        // Typed and borrowed: a frame holds every driver of the tenant (about
-        // 1 MB at 5,000 drivers, five times a second), and parsing it into a
-        // `Value` stalled the generator's other sockets for milliseconds.
-        let Ok(frame) = serde_json::from_str::<PositionsFrame<'_>>(t.as_str()) else {
-            continue;
-        };
-        let mut s = lock(&shared);
-        s.messages += 1;
-        for p in &frame.drivers {
-            let idx = p
-                .driver_id
-                .strip_prefix(prefix.as_str())
-                .and_then(|d| d.parse().ok());
-            if let Some(i) = idx
-                && let Some(sent) = s.sent_by_ts.get(&(i, p.ts)).copied()
-                && s.measure_from.is_some_and(|from| sent >= from)
-            {
-                s.dispatcher.record_us(
-                    u64::try_from(now.duration_since(sent).as_micros()).unwrap_or(u64::MAX),
-                );
-            }
-        }
-    }
-}
-
-/// Records an arrived event's fix time, or a delivery's point estimate.
-fn note_event_or_delivery(text: &str, shared: &Mutex<Shared>) {
-    let Ok(v) = serde_json::from_str::<Value>(text) else {
-        return;
-    };
-    let recv = now_ms();
-    let mut s = lock(shared);
-    s.messages += 1;
-    if v["type"] == "delivery" {
-        if let Some(id) = v["id"].as_str() {
-            let point = v["eta_at"].as_i64();
-            s.points
-                .entry(id.to_owned())
-                .or_default()
-                .push((recv, point));
-        }
-        return;
-    }
-    let (Some(id), Some(ts)) = (v["delivery_id"].as_str(), v["device_ts"].as_i64()) else {
-        return;
-    };
-    match v["kind"].as_str() {
-        Some("dropoff.arrived") => s.dropoff_arrived.entry(id.to_owned()).or_default().push(ts),
-        Some("pickup.arrived") => s.pickup_arrived.entry(id.to_owned()).or_default().push(ts),
-        _ => {}
-    }
-}
-
-async fn read_patient(mut ws: Ws, n: usize, driver: usize, shared: Arc<Mutex<Shared>>) {
-    let mut last = 0usize;
-    let mut first = true;
-    while let Some(Ok(m)) = ws.next().await {
-        if let Some(code) = close_code(&m) {
-            *lock(&shared)
-                .closes
-                .entry(format!("patient {code}"))
-                .or_default() += 1;
-            break;
-        }
-        let Message::Text(t) = m else { continue };
-        let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
-            continue;
-        };
-        let recv = now_ms();
-        let mut s = lock(&shared);
-        s.messages += 1;
-        let allowed = [
-            "status",
-            "stops_before",
-            "eta",
-            "updating",
-            "display_name",
-            "updated_at",
-        ];
-        if v.as_object()
-            .is_none_or(|o| o.keys().any(|k| !allowed.contains(&k.as_str())))
-        {
-            s.violations += 1;
-        }
-        let rank = STATUS_ORDER
-            .iter()
-            .position(|x| v["status"] == *x)
-            .unwrap_or(0);
-        last = next_status_rank(last, rank, &mut s.out_of_order);
-        // The first message is the snapshot as it stood; later ones are
-        // changes, timed from the ping that caused them and from when the
-        // server made them.
-        if let Some(u) = v["updated_at"].as_i64().filter(|_| !first) {
-            s.change
-                .record_us(u64::try_from((recv - u).max(0) * 1000).unwrap_or(0));
-            let sends = s.sends.get(driver).map_or(&[][..], Vec::as_slice);
-            match cause_of_patient_update(sends, u, CAUSE_WINDOW_MS) {
-                Some(cause) => {
-                    let us = u64::try_from((recv - cause).max(0) * 1000).unwrap_or(0);
-                    if cause >= s.measure_from_ms {
-                        s.patient.record_us(us);
-                    } else {
-                        s.warmup_patient.record_us(us);
-                    }
-                }
-                None => s.patient_without_ping += 1,
-            }
-        }
-        first = false;
-        let window = v["eta"]["from"].as_i64().zip(v["eta"]["to"].as_i64());
-        s.windows.entry(n).or_default().push((recv, window));
-    }
-}
-
-/// Creates each driver's deliveries and route through the API, for many
-/// drivers at once (as a pharmacy backend would); returns the tracking
-/// tokens (with their driver) and each driver's delivery indices.
-async fn create_deliveries(
-    cfg: &RunConfig,
-    http: &reqwest::Client,
-    dispatcher: &str,
-    fleet: &Fleet,
-    run_id: i64,
-) -> anyhow::Result<(Vec<(usize, String)>, Vec<Vec<usize>>)> {
-    const IN_FLIGHT: usize = 32;
-    let per_driver: Vec<anyhow::Result<Vec<String>>> = futures_util::stream::iter(&fleet.drivers)
-        .map(|d| create_route(cfg, http, dispatcher, d, run_id))
-        .buffered(IN_FLIGHT)
-        .collect()
-        .await;
-    let mut links: Vec<(usize, String)> = Vec::new();
-    let mut delivery_of: Vec<Vec<usize>> = Vec::new();
-    for (d, tokens) in fleet.drivers.iter().zip(per_driver) {
-        let mut mine = Vec::new();
-        for token in tokens? {
-            mine.push(links.len());
-            links.push((d.index, token));
-        }
-        delivery_of.push(mine);
-    }
-    Ok((links, delivery_of))
-}
-
-/// One driver's deliveries, route and pick-up; returns the tracking tokens.
-async fn create_route(
-    cfg: &RunConfig,
-    http: &reqwest::Client,
-    dispatcher: &str,
-    d: &SimDriver,
-    run_id: i64,
-) -> anyhow::Result<Vec<String>> {
-    let mut stops = Vec::new();
-    let mut tokens = Vec::new();
-    for (k, drop) in d.dropoffs.iter().enumerate() {
-        let id = delivery_id(run_id, d.index, k);
-        let body = json!({"id": id,
-            "pickup": {"lat": d.pickup.0, "lng": d.pickup.1, "radius_m": 60},
-            "dropoff": {"lat": drop.0, "lng": drop.1, "radius_m": 40},
-            "recipient": {"first_name": "Load"}});
-        tokens.push(create_delivery(http, &cfg.url, dispatcher, &body).await?);
-        stops.push(id);
-    }
-    let res = http
-        .put(format!(
-            "{}/v1/drivers/{}/route",
-            cfg.url,
-            driver_sub(run_id, d.index)
-        ))
-        .bearer_auth(dispatcher)
-        .json(&json!({"stops": stops}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        res.status().is_success(),
-        "assigning a route: {}",
-        res.status()
-    );
-    Ok(tokens)
-}
-
-/// Reads a driver's acks (timing every ping they cover) and errors.
-async fn read_driver(
-    mut rx: futures_util::stream::SplitStream<Ws>,
-    i: usize,
-    shared: Arc<Mutex<Shared>>,
-    sent_at: SentAt,
-) {
-    while let Some(Ok(m)) = rx.next().await {
-        let now = Instant::now();
-        if let Some(code) = close_code(&m) {
-            *lock(&shared)
-                .closes
-                .entry(format!("driver {code}"))
-                .or_default() += 1;
-            break;
-        }
-        let Message::Text(t) = m else { continue };
-        let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
-            continue;
-        };
-        match v["type"].as_str() {
-            Some("ack") => {
-                let seq = v["seq"].as_u64().unwrap_or(0);
-                // The ack covers every unacknowledged ping up to `seq`.
-                let sent: Vec<Instant> = {
-                    let mut all = sent_at.lock().unwrap_or_else(PoisonError::into_inner);
-                    let mine = &mut all[i];
-                    let covered = mine.partition_point(|&(q, _)| q <= seq);
-                    mine.drain(..covered).map(|(_, t)| t).collect()
-                };
-                let mut s = lock(&shared);
-                for t in sent {
-                    let us = u64::try_from(now.duration_since(t).as_micros()).unwrap_or(u64::MAX);
-                    if s.measure_from.is_some_and(|from| t >= from) {
-                        s.ack.record_us(us);
-                    } else {
-                        s.warmup_ack.record_us(us);
-                    }
-                    s.acked += 1;
-                }
-            }
-            Some("error") => {
-                let code = v["code"].as_str().unwrap_or("?").to_owned();
-                *lock(&shared).errors.entry(code).or_default() += 1;
-            }
-            _ => {}
-        }
-    }
-}
-
 type Writer = futures_util::stream::SplitSink<Ws, Message>;
 
 /// Records the send time of each ping in `out`, then sends it; returns how
@@ -952,20 +678,6 @@ async fn churn(ws_base: String, tokens: Vec<String>, per_s: usize, shared: Arc<M
     }
 }
 
-/// When each ping was sent, by driver and seq.
-/// The ping interval a driver socket's first message (`config`) asks for,
-/// within the range the server's configuration allows (a zero interval
-/// would have the simulator send forever).
-fn ping_interval_of(hello: &str) -> anyhow::Result<i64> {
-    let v: Value = serde_json::from_str(hello)
-        .map_err(|e| anyhow::anyhow!("driver socket: the config message is not JSON: {e}"))?;
-    v["ping_interval_ms"]
-        .as_i64()
-        .filter(|_| v["type"] == "config")
-        .filter(|ms| (100..=600_000).contains(ms))
-        .ok_or_else(|| anyhow::anyhow!("driver socket: expected the config message, got {v}"))
-}
-
 /// A driver's id in a run. Each run has its own drivers and devices: a
 /// stepped run's later steps must not resume the seq cursors of earlier ones.
 fn driver_sub(run_id: i64, i: usize) -> String {
@@ -974,61 +686,6 @@ fn driver_sub(run_id: i64, i: usize) -> String {
 
 /// Each driver's unacknowledged pings, (seq, send time), in seq order.
 type SentAt = Arc<Mutex<Vec<VecDeque<(u64, Instant)>>>>;
-
-/// Connects one driver app; returns its writer, the task reading its acks,
-/// and the ping interval the server asked for.
-/// Every node's WebSocket base, `url` first.
-fn node_bases(cfg: &RunConfig) -> Vec<String> {
-    std::iter::once(&cfg.url)
-        .chain(&cfg.peers)
-        .map(|u| u.replacen("http://", "ws://", 1))
-        .collect()
-}
-
-/// A patient socket. `elsewhere`: on another node than the delivery was
-/// created on, which learns of it from the shared log a moment later.
-async fn connect_patient(ws_base: &str, path: &str, elsewhere: bool) -> anyhow::Result<Ws> {
-    let mut tries = 0;
-    loop {
-        match connect(ws_base, path, None).await {
-            Ok(ws) => return Ok(ws),
-            Err(_) if elsewhere && tries < 50 => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-async fn connect_driver(
-    cfg: &RunConfig,
-    ws_base: &str,
-    i: usize,
-    run_id: i64,
-    shared: &Arc<Mutex<Shared>>,
-    sent_at: &SentAt,
-) -> anyhow::Result<(Writer, tokio::task::JoinHandle<()>, i64)> {
-    let claims = claims_for(
-        &cfg.tenant,
-        "driver",
-        &driver_sub(run_id, i),
-        Some(&format!("lt{run_id}-p{i}")),
-        3600,
-    );
-    let mut ws = connect(ws_base, "/v1/driver/ws", Some(&mint(&cfg.secret, &claims))).await?;
-    // The server says first how often its drivers ping.
-    let interval = match ws.next().await {
-        Some(Ok(Message::Text(t))) => ping_interval_of(t.as_str())?,
-        other => anyhow::bail!("driver socket: expected the config message, got {other:?}"),
-    };
-    let (tx, rx) = ws.split();
-    Ok((
-        tx,
-        tokio::spawn(read_driver(rx, i, shared.clone(), sent_at.clone())),
-        interval,
-    ))
-}
 
 /// The live progress line, on stderr.
 fn progress(began: Instant, pings_sent: u64, shared: &Mutex<Shared>) {
@@ -1062,32 +719,10 @@ fn plan(cfg: &RunConfig, start: i64) -> anyhow::Result<Fleet> {
     Ok(Fleet::new(&graph, sim, cfg.seed, start))
 }
 
-/// Creates a delivery through the API; returns its tracking token.
-pub async fn create_delivery(
-    http: &reqwest::Client,
-    url: &str,
-    dispatcher: &str,
-    body: &Value,
-) -> anyhow::Result<String> {
-    let res = http
-        .post(format!("{url}/v1/deliveries"))
-        .bearer_auth(dispatcher)
-        .json(body)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        res.status().as_u16() == 201,
-        "creating a delivery: {}",
-        res.status()
-    );
-    let created: Value = res.json().await?;
-    let url = created["tracking_url"].as_str().unwrap_or("");
-    Ok(url.rsplit('/').next().unwrap_or("").to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use setup::ping_interval_of;
 
     #[test]
     fn statuses_move_forward_but_a_departure_without_hand_over_is_on_the_way_again() {
