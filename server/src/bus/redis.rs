@@ -620,5 +620,19 @@ mod tests {
         assert_eq!(bus.stale_patient_channels(), ["rxtrack:acme:patient:rx-1"]);
         assert!(bus.stale_patient_channels().is_empty(), "forgotten once");
         assert_eq!(bus.reachable(), Some(false));
+        // What another node sends is not trusted blindly: garbage, a wrong
+        // shape, an unknown tenant or an out-of-range fix change nothing.
+        for text in [
+            "{not json",
+            r#"{"k":"position"}"#,
+            r#"{"k":"position","n":"x","t":"nobody","d":"d1","f":{"seq":1,"ts":0,"pos":{"lat":1.0,"lng":2.0},"acc":null,"speed":null,"heading":null}}"#,
+            r#"{"k":"position","n":"x","t":"acme","d":"d1","f":{"seq":1,"ts":0,"pos":{"lat":95.0,"lng":2.0},"acc":null,"speed":null,"heading":null}}"#,
+            r#"{"k":"kick","n":"x","t":"acme","d":"../etc","revoked":true}"#,
+        ] {
+            bus.receive(text);
+        }
+        let feed = bus.local.subscribe_dispatcher(&t).unwrap();
+        let frame = feed.positions.positions_since(0, None, "drivers");
+        assert!(frame.text.is_none(), "nothing was placed on the map");
     }
 }
