@@ -99,8 +99,8 @@ impl App {
 
         let local = LocalBus::new(states.keys().cloned(), metrics.clone());
         let (bus, redis): (Arc<dyn Bus>, _) = match &config.redis {
-            Some(url) => {
-                let r = crate::bus::redis::RedisBus::start(url.expose(), local, metrics.clone())
+            Some(target) => {
+                let r = crate::bus::redis::RedisBus::start(target, local, metrics.clone())
                     .context("[redis]: the URL is not usable")?;
                 (r.clone(), Some(r))
             }

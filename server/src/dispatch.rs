@@ -100,8 +100,12 @@ fn snapshot(app: &App, p: &Principal, hub: &Hub) -> (String, u64) {
 async fn serve(app: &App, sock: &mut Socket, p: &Principal) -> Close {
     // Subscribe before the snapshot, so nothing falls between them.
     let feed = app.bus.subscribe_dispatcher(&p.tenant)?;
-    let hub = feed.positions.as_ref();
-    let mut events = feed.events;
+    let crate::bus::DispatcherFeed {
+        mut events,
+        positions,
+        watch,
+    } = feed;
+    let hub = positions.as_ref();
     let (snap, mut seen) = snapshot(app, p, hub);
     if !ws::send_text(sock, snap.into()).await {
         return Some((close::SLOW, "could not send the snapshot".into()));
@@ -146,6 +150,7 @@ async fn serve(app: &App, sock: &mut Socket, p: &Principal) -> Close {
                 Some(Ok(Message::Pong(_))) => heart.pong(),
                 Some(Ok(Message::Text(t))) => match parse_viewport(t.as_str()) {
                     Ok(v) => {
+                        app.bus.viewport(&p.tenant, &watch, v.as_ref());
                         viewport = v;
                         // Resend everything inside the new viewport.
                         seen = 0;

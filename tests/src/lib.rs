@@ -7,6 +7,7 @@
     reason = "test helpers fail the test by panicking, with a message"
 )]
 pub mod browser;
+pub mod nodes;
 pub mod pg;
 pub mod proxy;
 pub mod redis;

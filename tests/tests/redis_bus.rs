@@ -8,73 +8,22 @@
 
 use std::time::Duration;
 
+use rxtrack_tests::nodes::{self, drive_until, next_of};
 use rxtrack_tests::pg::Postgres;
 use rxtrack_tests::redis::Redis;
 use rxtrack_tests::*;
 use serde_json::{Value, json};
 
 fn config(pg: &Postgres, redis: &Redis) -> String {
-    format!(
-        "[postgres]\nurl = \"{}\"\n[redis]\nurl = \"{}\"\n",
-        pg.app_url(),
-        redis.url()
-    )
+    nodes::config(pg, &redis_toml(redis))
 }
 
-/// Nodes A and B, a delivery on its way with driver d1, and the driver
-/// connected to A.
+fn redis_toml(redis: &Redis) -> String {
+    format!("[redis]\nurl = \"{}\"\n", redis.url())
+}
+
 async fn setup(pg: &Postgres, redis: &Redis) -> (Server, Server, String, Ws) {
-    pg.migrate();
-    let a = Server::start_with(&config(pg, redis), &[]);
-    let b = Server::start_node(&config(pg, redis), &[], Some(a.data_dir()));
-    let disp = staff("acme", "dispatcher", "alice");
-    let (_, created) = a
-        .post("/v1/deliveries", &disp, &delivery_body("rx-1"))
-        .await;
-    a.put("/v1/drivers/d1/route", &disp, &json!({"stops": ["rx-1"]}))
-        .await;
-    let (code, _) = a
-        .post(
-            "/v1/deliveries/rx-1/status",
-            &disp,
-            &json!({"status": "picked_up"}),
-        )
-        .await;
-    assert_eq!(code, 200);
-    assert!(
-        eventually(Duration::from_secs(2), async || {
-            b.get("/v1/deliveries/rx-1", &disp).await.1["status"] == "en_route"
-        })
-        .await
-    );
-    let drv = driver_connect(&a, &driver("acme", "d1", "phone-1")).await;
-    (a, b, tracking_token(&created), drv)
-}
-
-/// Pings from the driver until `done` says so (or 10 s pass).
-async fn drive_until(drv: &mut Ws, seq: &mut u64, mut done: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..100 {
-        *seq += 1;
-        send_json(drv, &ping(*seq)).await;
-        until_ack(drv).await;
-        if done().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
-/// The next message with `type` among the next few (positions come often).
-async fn next_of(ws: &mut Ws, kind: &str) -> Option<Value> {
-    for _ in 0..200 {
-        match tokio::time::timeout(Duration::from_millis(200), next(ws, 10)).await {
-            Ok(Got::Json(v)) if v["type"] == kind => return Some(v),
-            Ok(Got::Json(_)) | Err(_) => {}
-            Ok(Got::Closed(c)) => panic!("closed with {c:?}"),
-        }
-    }
-    None
+    nodes::en_route_on_two(pg, &redis_toml(redis)).await
 }
 
 #[tokio::test]
@@ -462,4 +411,127 @@ async fn the_link_lookup_limit_of_an_address_holds_across_nodes() {
     if minute() == started {
         assert_eq!(passed, 7, "lookups from one address passed on two nodes");
     }
+}
+
+/// How many sockets subscribe to `channel` on `redis`.
+fn subscribers(redis: &Redis, channel: &str) -> u64 {
+    redis
+        .cli(&["PUBSUB", "NUMSUB", channel])
+        .lines()
+        .last()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+/// The map cells the tenant's drivers were seen in.
+fn cells(redis: &Redis) -> Vec<String> {
+    let mut cells: Vec<String> = redis
+        .cli(&["SMEMBERS", "rxtrack:acme:cellset"])
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect();
+    cells.sort();
+    cells
+}
+
+#[tokio::test]
+async fn a_node_subscribes_only_to_the_map_cells_its_dispatchers_watch() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let (a, b, _token, mut drv) = setup(&pg, &redis).await;
+    let mut seq = 0;
+    assert!(drive_until(&mut drv, &mut seq, async || !cells(&redis).is_empty()).await);
+    let here = cells(&redis);
+    assert_eq!(here.len(), 1, "{here:?}");
+    let here = format!("rxtrack:acme:pos:{}", here[0]);
+    // Nobody watches the map: nobody listens to positions.
+    assert_eq!(subscribers(&redis, &here), 0);
+    assert_eq!(subscribers(&redis, "rxtrack:acme:cells"), 0);
+
+    // A dispatcher on B watching the whole map: B listens to the cell the
+    // driver is in, and to news of cells.
+    let disp = staff("acme", "dispatcher", "alice");
+    let mut map = ws_connect(&b, "/v1/dispatch/ws", &disp, Present::Subprotocol).await;
+    next(&mut map, 10).await;
+    assert!(
+        eventually(Duration::from_secs(3), async || subscribers(&redis, &here)
+            == 1)
+        .await,
+        "B did not subscribe to the driver's cell"
+    );
+    assert_eq!(subscribers(&redis, "rxtrack:acme:cells"), 1);
+    assert!(
+        drive_until(&mut drv, &mut seq, async || next_of(&mut map, "drivers")
+            .await
+            .is_some())
+        .await
+    );
+    // A second driver appears elsewhere (another cell): B learns of the
+    // cell and shows the driver.
+    let mut far = driver_connect(&a, &driver("acme", "d2", "phone-2")).await;
+    let far_ping = json!({"type":"ping","seq":1,"ts":now_ms(),"lat":60.45,"lng":22.27,"acc":5.0});
+    send_json(&mut far, &far_ping).await;
+    until_ack(&mut far).await;
+    assert!(
+        eventually(Duration::from_secs(3), async || cells(&redis).len() == 2).await,
+        "the second cell was not told of"
+    );
+    let there = cells(&redis)
+        .into_iter()
+        .map(|c| format!("rxtrack:acme:pos:{c}"))
+        .find(|c| *c != here)
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), async || subscribers(&redis, &there)
+            == 1)
+        .await,
+        "B did not subscribe to the new cell"
+    );
+    let mut far_seq = 1;
+    assert!(
+        drive_until(&mut far, &mut far_seq, async || {
+            next_of(&mut map, "drivers").await.is_some_and(|f| {
+                f["drivers"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|d| d["driver_id"] == "d2"))
+            })
+        })
+        .await,
+        "the second driver never reached B's map"
+    );
+
+    // The dispatcher narrows its view to a far-away city: B leaves both
+    // cells and the news of cells, and listens to that city only.
+    let sf = "85283473fffffff";
+    send_json(&mut map, &json!({"type": "viewport", "cells": [sf]})).await;
+    let sf_channel = format!("rxtrack:acme:pos:{sf}");
+    assert!(
+        eventually(Duration::from_secs(3), async || subscribers(
+            &redis,
+            &sf_channel
+        ) == 1)
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(15), async || {
+            subscribers(&redis, &here) == 0
+                && subscribers(&redis, &there) == 0
+                && subscribers(&redis, "rxtrack:acme:cells") == 0
+        })
+        .await,
+        "B still listens to cells nobody watches"
+    );
+    // The dispatcher leaves: B listens to no positions at all.
+    drop(map);
+    assert!(
+        eventually(Duration::from_secs(15), async || {
+            redis
+                .cli(&["PUBSUB", "CHANNELS", "rxtrack:acme:pos:*"])
+                .trim()
+                .is_empty()
+        })
+        .await,
+        "B still listens to positions with no dispatcher left"
+    );
 }

@@ -67,11 +67,13 @@ pub struct Session {
 }
 
 /// What a dispatcher socket reads: the events and delivery changes, and
-/// the tenant's position board.
+/// the tenant's position board. `watch` lives as long as the socket: a bus
+/// across nodes keeps the socket's interest (its viewport) by it.
 #[derive(Debug)]
 pub struct DispatcherFeed {
     pub events: mpsc::Receiver<Utf8Bytes>,
     pub positions: Arc<Hub>,
+    pub watch: Arc<()>,
 }
 
 /// The seam between the commit path and the sockets. See the module
@@ -83,6 +85,10 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn patient(&self, tenant: &TenantId, id: &DeliveryId, view: &PatientSnapshot);
     fn close_patient(&self, tenant: &TenantId, id: &DeliveryId);
     fn subscribe_dispatcher(&self, tenant: &TenantId) -> Option<DispatcherFeed>;
+    /// A dispatcher socket narrowed its viewport (`None`: the whole map).
+    /// One node already filters positions by viewport; a bus across nodes
+    /// subscribes only to the map cells its dispatchers watch.
+    fn viewport(&self, _tenant: &TenantId, _watch: &Arc<()>, _viewport: Option<&hub::Viewport>) {}
     /// Subscribes to a delivery's patient views, starting from `current`.
     fn subscribe_patient(
         &self,
@@ -253,6 +259,7 @@ impl Bus for LocalBus {
         Some(DispatcherFeed {
             events: hub.subscribe(),
             positions: hub.clone(),
+            watch: Arc::new(()),
         })
     }
 

@@ -183,23 +183,46 @@ pub struct Config {
     /// The delivery log in PostgreSQL (`[postgres]`); none: the embedded log.
     pub postgres: Option<SecretUrl>,
     /// The bus across nodes (`[redis]`); none: one node's own.
-    pub redis: Option<SecretUrl>,
+    pub redis: Option<RedisTarget>,
 }
 
-fn parse_redis(r: &RawRedis) -> Result<SecretUrl, ConfigError> {
+/// Where the bus across nodes lives.
+#[derive(Clone, Debug)]
+pub enum RedisTarget {
+    /// One Redis (`url`): classic pub/sub.
+    One(SecretUrl),
+    /// A Redis Cluster (`cluster = [...]`, seed nodes): sharded pub/sub.
+    Cluster(Vec<SecretUrl>),
+}
+
+/// Most seed nodes a cluster may name.
+const MAX_CLUSTER_SEEDS: usize = 64;
+
+fn redis_url(field: &'static str, u: &str) -> Result<SecretUrl, ConfigError> {
+    if u.starts_with("redis://") || u.starts_with("rediss://") {
+        Ok(SecretUrl(u.to_owned()))
+    } else {
+        Err(invalid(field, "must start with redis:// or rediss://"))
+    }
+}
+
+fn parse_redis(r: &RawRedis) -> Result<RedisTarget, ConfigError> {
     match (&r.url, &r.cluster) {
-        (Some(u), None) if u.starts_with("redis://") || u.starts_with("rediss://") => {
-            Ok(SecretUrl(u.clone()))
-        }
-        (Some(_), None) => Err(invalid(
-            "redis.url",
-            "must start with redis:// or rediss://",
-        )),
-        (None, Some(_)) => Err(invalid(
+        (Some(u), None) => Ok(RedisTarget::One(redis_url("redis.url", u)?)),
+        (None, Some(seeds)) if seeds.is_empty() || seeds.len() > MAX_CLUSTER_SEEDS => Err(invalid(
             "redis.cluster",
-            "Redis Cluster (sharded pub/sub) is not available in this build yet; name one Redis with url",
+            format!("name between 1 and {MAX_CLUSTER_SEEDS} seed nodes of the cluster"),
         )),
-        _ => Err(invalid("redis", "give url (one Redis)")),
+        (None, Some(seeds)) => Ok(RedisTarget::Cluster(
+            seeds
+                .iter()
+                .map(|u| redis_url("redis.cluster", u))
+                .collect::<Result<_, _>>()?,
+        )),
+        _ => Err(invalid(
+            "redis",
+            "give url (one Redis) or cluster = [...] (seed nodes of a Redis Cluster), not both",
+        )),
     }
 }
 
@@ -211,6 +234,12 @@ impl SecretUrl {
     #[must_use]
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    #[cfg(test)]
+    #[must_use]
+    pub fn for_tests(url: &str) -> Self {
+        Self(url.to_owned())
     }
 }
 

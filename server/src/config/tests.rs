@@ -135,13 +135,20 @@ fn errors_name_the_key() {
         ))
         .contains("limits.header_timeout_ms")
     );
-    // [redis] names one Redis (the cluster form is refused with a reason).
+    // [redis] names one Redis or a cluster's seed nodes, not both.
     assert!(err(&format!("{TENANT}[redis]\nurl = \"http://127.0.0.1\"\n")).contains("`redis.url`"));
     assert!(
         err(&format!(
-            "{TENANT}[redis]\ncluster = [\"redis://h1:7000\"]\n"
+            "{TENANT}[redis]\ncluster = [\"redis://h1:7000\", \"h2:7001\"]\n"
         ))
         .contains("`redis.cluster`")
+    );
+    assert!(err(&format!("{TENANT}[redis]\ncluster = []\n")).contains("`redis.cluster`"));
+    assert!(
+        err(&format!(
+            "{TENANT}[redis]\nurl = \"redis://a:1\"\ncluster = [\"redis://h1:7000\"]\n"
+        ))
+        .contains("not both")
     );
     assert!(err(&format!("{TENANT}[redis]\n")).contains("`redis`"));
     assert!(err("listen = 5").contains("rxtrack.toml"));

@@ -1,0 +1,677 @@
+//! The bus across nodes, through Redis pub/sub (`[redis]`): one Redis
+//! (PUBLISH/SUBSCRIBE) or a Redis Cluster (`cluster = [...]`: sharded
+//! pub/sub, SPUBLISH/SSUBSCRIBE, each channel living on one shard).
+//!
+//! Durable events, delivery changes, revoked links and devices already
+//! reach every node through the log itself (each node applies the log and
+//! publishes to its own sockets). Redis carries what is not in the log, and
+//! only to the nodes whose clients need it:
+//!
+//! - **positions** on `rxtrack:{tenant}:pos:{cell}`, one channel per H3
+//!   cell at resolution 5 (about 250 km²). A node subscribes to the cells
+//!   its dispatchers' viewports cover; for a dispatcher watching the whole
+//!   map, to every cell the tenant's drivers are in: each node adds the
+//!   cells it publishes in to the set `rxtrack:{tenant}:cellset` and tells
+//!   `rxtrack:{tenant}:cells`, so a node watching everything learns of new
+//!   cells. Channels nobody here watches any more are left every 10 s;
+//! - **patient views** on `rxtrack:{tenant}:patient:{delivery}`, to nodes
+//!   with that delivery's patient; the view of a delivery on its way is
+//!   published only by the node holding its driver's live state (its ETA);
+//! - **kicks** on `rxtrack:kick`: a device that connects to one node ends
+//!   its session on any other (as replaced), and a revoke ends it at once;
+//! - **each device's acknowledged seq** (a key, kept a day), so a driver
+//!   that reconnects to another node is not re-applied what it was told is
+//!   done.
+//!
+//! Redis pub/sub drops messages while a connection is down. A node that
+//! (re)connects asks every node, on `rxtrack:resync`, to publish its patient
+//! views again, and closes its dispatcher sockets (4410: resynchronise from
+//! a snapshot), counted in `rxtrack_bus_resyncs_total`. While Redis is
+//! unreachable, each node keeps serving its own clients; `/readyz` says so.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use h3o::CellIndex;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+mod link;
+mod wire;
+
+use link::{Conn, Engine, cluster_builder, cluster_subscriber, publisher, subscriber, timed_out};
+use wire::{
+    After, Interest, Out, Topic, Wire, cell_channel, cells_key, cells_notice, channel_cell,
+    cursor_key, parse_channel_cell, patient_channel,
+};
+
+use super::hub::Viewport;
+use super::{Bus, DeliveryChange, DispatcherFeed, Kick, LocalBus, Session};
+use crate::config::RedisTarget;
+use crate::domain::{Event, PatientSnapshot};
+use crate::metrics::Metrics;
+use crate::protocol::Fix;
+use crate::types::{DeliveryId, DeviceId, SubjectId, TenantId};
+
+const KICKS: &str = "rxtrack:kick";
+const RESYNC: &str = "rxtrack:resync";
+/// Most messages sent to Redis in one pipeline.
+const MAX_BATCH: usize = 1024;
+/// Wait between reconnection attempts, and longest wait for Redis.
+const RETRY: Duration = Duration::from_millis(500);
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// How often channels nobody here watches any more are left.
+const PRUNE: Duration = Duration::from_secs(10);
+/// How often a cluster subscriber checks every shard is reachable.
+const PROBE: Duration = Duration::from_secs(1);
+/// Messages waiting for Redis before new ones are dropped (pub/sub keeps
+/// nothing for the absent either; a resync follows a gap).
+const QUEUE: usize = 65_536;
+/// How often a node tells again of a cell it publishes positions in.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(600);
+
+/// Asks the commit paths for their patient views again, all or one
+/// delivery's (set after start).
+pub type Republish = Box<dyn Fn(Option<&(TenantId, DeliveryId)>) + Send + Sync>;
+
+/// One tenant's dispatcher interest: the socket's token and what it watches.
+type View = (TenantId, Weak<()>, Interest);
+
+/// The bus of one node among several.
+pub struct RedisBus {
+    local: Arc<LocalBus>,
+    node: String,
+    out: mpsc::Sender<Out>,
+    engine: Engine,
+    /// The connection for queries, made on first use and again after an error.
+    conn: Mutex<Option<Conn>>,
+    /// Channels for the subscriber to add, and what to do once it has.
+    subscribe: mpsc::UnboundedSender<(String, Option<After>)>,
+    wanted: Arc<Mutex<HashMap<String, Topic>>>,
+    /// What each dispatcher socket of this node watches, by its token.
+    views: Mutex<HashMap<usize, View>>,
+    /// Cells this node told of, and when.
+    announced: Arc<Mutex<HashMap<TenantId, HashMap<CellIndex, Instant>>>>,
+    /// Whether the subscription and the publishing connection are up.
+    up: Arc<AtomicBool>,
+    publishing: Arc<AtomicBool>,
+    republish: Arc<Mutex<Option<Republish>>>,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("node", &self.node)
+            .field("up", &self.up.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBus {
+    /// Connects to Redis and starts the publisher and the subscriber; a
+    /// Redis that cannot be reached now is retried in the background.
+    pub fn start(
+        target: &RedisTarget,
+        local: LocalBus,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, redis::RedisError> {
+        let engine = match target {
+            RedisTarget::One(url) => Engine::One(redis::Client::open(url.expose())?),
+            RedisTarget::Cluster(urls) => {
+                let seeds: Vec<String> = urls.iter().map(|u| u.expose().to_owned()).collect();
+                Engine::Cluster {
+                    client: cluster_builder(&seeds).build()?,
+                    seeds,
+                }
+            }
+        };
+        let mut raw = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "no randomness")))?;
+        let node = crate::log::event::hex(&raw);
+        let (out, out_rx) = mpsc::channel(QUEUE);
+        let (subscribe, sub_rx) = mpsc::unbounded_channel();
+        let wanted = Arc::new(Mutex::new(HashMap::from([
+            (KICKS.to_owned(), Topic::Fixed),
+            (RESYNC.to_owned(), Topic::Fixed),
+        ])));
+        let bus = Arc::new(Self {
+            engine: engine.clone(),
+            conn: Mutex::new(None),
+            local: Arc::new(local),
+            node,
+            out,
+            subscribe,
+            wanted,
+            views: Mutex::default(),
+            announced: Arc::default(),
+            up: Arc::new(AtomicBool::new(false)),
+            publishing: Arc::new(AtomicBool::new(false)),
+            republish: Arc::new(Mutex::new(None)),
+        });
+        tokio::spawn(publisher(
+            engine.clone(),
+            out_rx,
+            bus.publishing.clone(),
+            bus.announced.clone(),
+        ));
+        match engine {
+            Engine::One(client) => {
+                tokio::spawn(subscriber(client, sub_rx, Arc::downgrade(&bus), metrics));
+            }
+            Engine::Cluster { seeds, .. } => {
+                tokio::spawn(cluster_subscriber(
+                    seeds,
+                    sub_rx,
+                    Arc::downgrade(&bus),
+                    metrics,
+                ));
+            }
+        }
+        Ok(bus)
+    }
+
+    /// Sets what republishes this node's patient views (after a gap).
+    pub fn on_resync(&self, f: Republish) {
+        *self
+            .republish
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(f);
+    }
+
+    fn send(&self, channel: String, msg: &Wire) {
+        if let Ok(text) = serde_json::to_string(msg) {
+            let _ = self.out.try_send(Out::Publish(channel, text));
+        }
+    }
+
+    /// The query connection (made once, again after an error).
+    async fn conn(&self) -> redis::RedisResult<Conn> {
+        let cached = self
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(c) = cached {
+            return Ok(c);
+        }
+        let c = self.engine.connect().await?;
+        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs a query with a deadline; an error forgets the connection.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        let run = async {
+            let mut conn = self.conn().await?;
+            cmd.query_async::<T>(&mut conn).await
+        };
+        let result = tokio::time::timeout(TIMEOUT, run)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()));
+        if result.is_err() {
+            *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+        result
+    }
+
+    /// Subscribes to `channel` (once), then does `then` once the
+    /// subscription holds.
+    fn want(&self, channel: String, topic: Topic, then: Option<After>) {
+        let new = self
+            .wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(channel.clone(), topic)
+            .is_none();
+        if new {
+            let _ = self.subscribe.send((channel, then));
+        } else if let Some(After::Send(msg)) = then {
+            self.send(RESYNC.to_owned(), &msg);
+        }
+    }
+
+    /// Records what a dispatcher socket watches, and subscribes to it.
+    fn watch(&self, tenant: &TenantId, token: &Arc<()>, interest: Interest) {
+        match &interest {
+            Interest::All => self.want(
+                cells_notice(tenant),
+                Topic::Notice(tenant.clone()),
+                Some(After::LoadCells(tenant.clone())),
+            ),
+            Interest::Cells(cells) => {
+                for &c in cells {
+                    self.want(cell_channel(tenant, c), Topic::Cell(tenant.clone()), None);
+                }
+            }
+        }
+        self.views
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                Arc::as_ptr(token) as usize,
+                (tenant.clone(), Arc::downgrade(token), interest),
+            );
+    }
+
+    /// The tenants with a dispatcher here watching the whole map, and the
+    /// cell channels the others watch (forgetting closed sockets).
+    fn interests(&self) -> (HashSet<TenantId>, HashSet<String>) {
+        let mut views = self.views.lock().unwrap_or_else(PoisonError::into_inner);
+        views.retain(|_, (_, token, _)| token.strong_count() > 0);
+        let mut all = HashSet::new();
+        let mut cells = HashSet::new();
+        for (t, _, interest) in views.values() {
+            match interest {
+                Interest::All => {
+                    all.insert(t.clone());
+                }
+                Interest::Cells(set) => cells.extend(set.iter().map(|&c| cell_channel(t, c))),
+            }
+        }
+        (all, cells)
+    }
+
+    /// Subscribes to every cell the tenant's drivers were seen in lately,
+    /// if a dispatcher here still watches the whole map.
+    async fn load_cells(&self, tenant: &TenantId) {
+        let cells: Vec<String> = match self
+            .query(redis::cmd("SMEMBERS").arg(cells_key(tenant)))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the map cells of a tenant from Redis");
+                return;
+            }
+        };
+        if !self.interests().0.contains(tenant) {
+            return;
+        }
+        for c in cells {
+            if let Some(cell) = parse_channel_cell(&c) {
+                self.want(
+                    cell_channel(tenant, cell),
+                    Topic::Cell(tenant.clone()),
+                    None,
+                );
+            }
+        }
+    }
+
+    /// Channels this node subscribed to that nobody here watches any
+    /// more; forgotten here (the caller unsubscribes).
+    fn stale_channels(&self) -> Vec<String> {
+        let watched: HashSet<String> = self
+            .local
+            .watched_deliveries()
+            .iter()
+            .map(|(t, d)| patient_channel(t, d))
+            .collect();
+        let (all, cells) = self.interests();
+        let mut wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale: Vec<String> = wanted
+            .iter()
+            .filter(|(c, topic)| match topic {
+                Topic::Fixed => false,
+                Topic::Patient => !watched.contains(*c),
+                Topic::Cell(t) => !all.contains(t) && !cells.contains(*c),
+                Topic::Notice(t) => !all.contains(t),
+            })
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in &stale {
+            wanted.remove(c);
+        }
+        stale
+    }
+
+    fn wanted_channels(&self) -> Vec<String> {
+        self.wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// A message from another node.
+    fn receive(&self, text: &str) {
+        let Ok(msg) = serde_json::from_str::<Wire>(text) else {
+            tracing::warn!("an unreadable message on the bus; ignored");
+            return;
+        };
+        if msg.sender() == self.node {
+            return;
+        }
+        match msg {
+            Wire::Position { t, d, f, .. } => self.local.position(&t, &d, &f),
+            Wire::Patient { t, id, v, .. } => {
+                self.local.patient_text(&t, &id, || Utf8Bytes::from(v));
+            }
+            Wire::Kick { t, d, revoked, .. } => {
+                let why = if revoked {
+                    Kick::Revoked
+                } else {
+                    Kick::Replaced
+                };
+                self.local.kick_device(&t, &d, why);
+            }
+            Wire::Resync { want, .. } => self.republish(want.as_ref()),
+            Wire::Cell { t, c, d, f, .. } => {
+                if let Some(cell) = parse_channel_cell(&c)
+                    && self.interests().0.contains(&t)
+                {
+                    self.local.position(&t, &d, &f);
+                    self.want(cell_channel(&t, cell), Topic::Cell(t), None);
+                }
+            }
+        }
+    }
+
+    fn republish(&self, want: Option<&(TenantId, DeliveryId)>) {
+        if let Some(f) = self
+            .republish
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            f(want);
+        }
+    }
+
+    /// Tells other nodes of the cell a position is in, when it is new here
+    /// (or was told long ago); the position goes along.
+    fn announce(&self, tenant: &TenantId, cell: CellIndex, driver: &SubjectId, fix: &Fix) {
+        let now = Instant::now();
+        {
+            let mut told = self
+                .announced
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let cells = match told.get_mut(tenant) {
+                Some(c) => c,
+                None => told.entry(tenant.clone()).or_default(),
+            };
+            if cells
+                .get(&cell)
+                .is_some_and(|at| now.duration_since(*at) < ANNOUNCE_EVERY)
+            {
+                return;
+            }
+            cells.insert(cell, now);
+        }
+        let notice = Wire::Cell {
+            n: self.node.clone(),
+            t: tenant.clone(),
+            c: cell.to_string(),
+            d: driver.clone(),
+            f: *fix,
+        };
+        if let Ok(text) = serde_json::to_string(&notice) {
+            let _ = self.out.try_send(Out::Cell {
+                key: cells_key(tenant),
+                cell: cell.to_string(),
+                notice: cells_notice(tenant),
+                text,
+            });
+        }
+    }
+
+    /// After the subscription (re)connected: whatever was published while
+    /// this node was away is gone, so every node publishes its views again,
+    /// this node's dispatchers resynchronise from a snapshot, and cells
+    /// told of meanwhile are looked up.
+    fn reconnected(self: &Arc<Self>, first: bool, metrics: &Metrics) {
+        self.send(
+            RESYNC.to_owned(),
+            &Wire::Resync {
+                n: self.node.clone(),
+                want: None,
+            },
+        );
+        if !first {
+            metrics.bus_resyncs.inc();
+            self.local.drop_dispatchers();
+        }
+        for t in self.interests().0 {
+            let bus = self.clone();
+            tokio::spawn(async move { bus.load_cells(&t).await });
+        }
+    }
+
+    /// Once a subscription holds: what it asked for.
+    fn after(self: &Arc<Self>, then: After) {
+        match then {
+            After::Send(msg) => self.send(RESYNC.to_owned(), &msg),
+            After::LoadCells(t) => {
+                let bus = self.clone();
+                tokio::spawn(async move { bus.load_cells(&t).await });
+            }
+        }
+    }
+}
+
+impl Bus for RedisBus {
+    fn position(&self, tenant: &TenantId, driver: &SubjectId, fix: &Fix) {
+        self.local.position(tenant, driver, fix);
+        let Some(cell) = channel_cell(fix) else {
+            return;
+        };
+        // The position also goes on the cell's own channel: nodes that
+        // already watch the cell heard nothing new on the news channel.
+        self.announce(tenant, cell, driver, fix);
+        self.send(
+            cell_channel(tenant, cell),
+            &Wire::Position {
+                n: self.node.clone(),
+                t: tenant.clone(),
+                d: driver.clone(),
+                f: *fix,
+            },
+        );
+    }
+
+    fn event(&self, tenant: &TenantId, event: &Event) {
+        self.local.event(tenant, event);
+    }
+
+    fn delivery(&self, tenant: &TenantId, change: &DeliveryChange) {
+        self.local.delivery(tenant, change);
+    }
+
+    fn patient(&self, tenant: &TenantId, id: &DeliveryId, view: &PatientSnapshot) {
+        self.local.patient(tenant, id, view);
+        self.send(
+            patient_channel(tenant, id),
+            &Wire::Patient {
+                n: self.node.clone(),
+                t: tenant.clone(),
+                id: id.clone(),
+                v: view.encode(),
+            },
+        );
+    }
+
+    fn close_patient(&self, tenant: &TenantId, id: &DeliveryId) {
+        self.local.close_patient(tenant, id);
+    }
+
+    fn subscribe_dispatcher(&self, tenant: &TenantId) -> Option<DispatcherFeed> {
+        let feed = self.local.subscribe_dispatcher(tenant)?;
+        self.watch(tenant, &feed.watch, Interest::All);
+        Some(feed)
+    }
+
+    fn viewport(&self, tenant: &TenantId, watch: &Arc<()>, viewport: Option<&Viewport>) {
+        self.watch(tenant, watch, Interest::of(viewport));
+    }
+
+    fn subscribe_patient(
+        &self,
+        tenant: &TenantId,
+        id: &DeliveryId,
+        current: &PatientSnapshot,
+    ) -> watch::Receiver<Utf8Bytes> {
+        // The local channel first: the pruner leaves a channel alone while
+        // a socket here holds its receiver.
+        let rx = self.local.subscribe_patient(tenant, id, current);
+        // The node with the driver's fixes tells this patient its view now
+        // (it publishes only changes otherwise), once this node listens.
+        self.want(
+            patient_channel(tenant, id),
+            Topic::Patient,
+            Some(After::Send(Wire::Resync {
+                n: self.node.clone(),
+                want: Some((tenant.clone(), id.clone())),
+            })),
+        );
+        rx
+    }
+
+    fn open_session(&self, tenant: &TenantId, device: &DeviceId) -> Session {
+        // A session of this device on another node ends (replaced).
+        self.send(
+            KICKS.to_owned(),
+            &Wire::Kick {
+                n: self.node.clone(),
+                t: tenant.clone(),
+                d: device.clone(),
+                revoked: false,
+            },
+        );
+        self.local.open_session(tenant, device)
+    }
+
+    fn close_session(&self, tenant: &TenantId, device: &DeviceId, session: u64) {
+        self.local.close_session(tenant, device, session);
+    }
+
+    fn kick_device(&self, tenant: &TenantId, device: &DeviceId, why: Kick) {
+        self.local.kick_device(tenant, device, why);
+        self.send(
+            KICKS.to_owned(),
+            &Wire::Kick {
+                n: self.node.clone(),
+                t: tenant.clone(),
+                d: device.clone(),
+                revoked: why == Kick::Revoked,
+            },
+        );
+    }
+
+    fn connected(&self, tenant: &TenantId, device: &DeviceId) -> bool {
+        self.local.connected(tenant, device)
+    }
+
+    fn acked_seq(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<u64>> + Send + '_>> {
+        let key = cursor_key(tenant, device);
+        Box::pin(async move {
+            // Redis unreachable: the node's own cursor is all there is.
+            self.query::<Option<u64>>(redis::cmd("GET").arg(&key))
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+
+    fn acked(&self, tenant: &TenantId, device: &DeviceId, seq: u64) {
+        let _ = self
+            .out
+            .try_send(Out::Cursor(cursor_key(tenant, device), seq));
+    }
+
+    fn allow_lookup(
+        &self,
+        ip: std::net::IpAddr,
+        per_minute: f64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        // The address is kept only hashed, for two minutes.
+        let digest = ring::digest::digest(&ring::digest::SHA256, ip.to_string().as_bytes());
+        let minute = crate::clock::now().0.div_euclid(60_000);
+        let key = format!(
+            "rxtrack:lookups:{}:{minute}",
+            crate::log::event::hex(&digest.as_ref()[..12])
+        );
+        Box::pin(async move {
+            // The counter is made with its expiry first, so it never
+            // outlives its minute (one key: one shard of a cluster).
+            let count = async {
+                self.query::<()>(
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(0)
+                        .arg("EX")
+                        .arg(120)
+                        .arg("NX"),
+                )
+                .await?;
+                self.query::<u64>(redis::cmd("INCR").arg(&key)).await
+            };
+            match count.await {
+                Ok(n) => n as f64 <= per_minute,
+                // Redis unreachable: the node's own limiter still holds.
+                Err(_) => true,
+            }
+        })
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn reachable(&self) -> Option<bool> {
+        Some(self.up.load(Ordering::Acquire) && self.publishing.load(Ordering::Acquire))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Status;
+
+    #[tokio::test]
+    async fn patient_channels_are_left_once_their_sockets_close() {
+        let metrics = Arc::new(Metrics::new());
+        let t = TenantId::parse("acme").unwrap();
+        let local = LocalBus::new([t.clone()], metrics.clone());
+        // Nothing listens there: the bus keeps trying in the background.
+        let target = RedisTarget::One(crate::config::SecretUrl::for_tests("redis://127.0.0.1:1"));
+        let bus = RedisBus::start(&target, local, metrics).unwrap();
+        let id = DeliveryId::parse("rx-1").unwrap();
+        let view = PatientSnapshot {
+            status: Status::Scheduled,
+            stops_before: None,
+            eta: None,
+            updating: false,
+            display_name: None,
+            updated_at: 0,
+        };
+        let rx = bus.subscribe_patient(&t, &id, &view);
+        assert!(bus.stale_channels().is_empty(), "a socket still listens");
+        drop(rx);
+        assert_eq!(bus.stale_channels(), ["rxtrack:acme:patient:rx-1"]);
+        assert!(bus.stale_channels().is_empty(), "forgotten once");
+        assert_eq!(bus.reachable(), Some(false));
+        // What another node sends is not trusted blindly: garbage, a wrong
+        // shape, an unknown tenant or an out-of-range fix change nothing.
+        for text in [
+            "{not json",
+            r#"{"k":"position"}"#,
+            r#"{"k":"position","n":"x","t":"nobody","d":"d1","f":{"seq":1,"ts":0,"pos":{"lat":1.0,"lng":2.0},"acc":null,"speed":null,"heading":null}}"#,
+            r#"{"k":"position","n":"x","t":"acme","d":"d1","f":{"seq":1,"ts":0,"pos":{"lat":95.0,"lng":2.0},"acc":null,"speed":null,"heading":null}}"#,
+            r#"{"k":"kick","n":"x","t":"acme","d":"../etc","revoked":true}"#,
+        ] {
+            bus.receive(text);
+        }
+        let feed = bus.local.subscribe_dispatcher(&t).unwrap();
+        let frame = feed.positions.positions_since(0, None, "drivers");
+        assert!(frame.text.is_none(), "nothing was placed on the map");
+    }
+}
