@@ -25,12 +25,13 @@
 //! Entered and exited strictly alternate. No clocks: time is the fix's.
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 use crate::fence::Point;
 use crate::index::{FenceId, FenceIndex};
 
 /// A position report.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Fix {
     /// Device time, milliseconds since the epoch.
     pub ts_ms: i64,
@@ -144,7 +145,7 @@ impl Default for TrackConfig {
 ///   50,000). Moving, the newest fix runs ahead of the mean by half the
 ///   distance covered: 20 m after 30 s even at 1.4 m/s, so nothing faster
 ///   than walking pace is still for 30 s.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Motion {
     /// When the current run of slow fixes began.
     slow_since: Option<i64>,
@@ -154,7 +155,7 @@ pub struct Motion {
 
 /// Fixes since the subject became still: their origin, when, and the sum
 /// of their offsets from the origin (east, north, metres).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 struct Still {
     origin: Point,
     since: i64,
@@ -231,7 +232,7 @@ pub enum Verdict {
 }
 
 /// What the detector remembers of one subject.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Track {
     newest_ts: Option<i64>,
     last_trusted: Option<Fix>,
@@ -265,7 +266,7 @@ impl Track {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 enum State {
     Outside,
     Entering {
@@ -287,7 +288,7 @@ enum State {
 }
 
 /// One subject's state at one fence.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Proximity {
     state: State,
 }
@@ -453,7 +454,51 @@ pub struct Subject {
     candidates: Vec<FenceId>,
 }
 
+/// A subject's state with each fence named by the caller, since fence ids
+/// belong to one index: what another process (another node of a cluster,
+/// with its own index of the same fences) needs to carry on where this one
+/// stopped. Fences the other side does not know are dropped on import.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Portable<K> {
+    track: Track,
+    motion: Motion,
+    stopped: bool,
+    fences: Vec<(K, Proximity)>,
+}
+
 impl Subject {
+    /// The state, with each fence named by `name` (fences it cannot name
+    /// are left out).
+    pub fn export<K>(&self, name: impl Fn(FenceId) -> Option<K>) -> Portable<K> {
+        let mut ids: Vec<&FenceId> = self.fences.keys().collect();
+        ids.sort_unstable();
+        Portable {
+            track: self.track,
+            motion: self.motion,
+            stopped: self.stopped,
+            fences: ids
+                .into_iter()
+                .filter_map(|id| Some((name(*id)?, self.fences[id])))
+                .collect(),
+        }
+    }
+
+    /// A subject from an exported state, each fence found by `id` in this
+    /// side's index (fences it cannot find are dropped).
+    pub fn import<K>(state: Portable<K>, id: impl Fn(&K) -> Option<FenceId>) -> Self {
+        Self {
+            track: state.track,
+            motion: state.motion,
+            stopped: state.stopped,
+            fences: state
+                .fences
+                .into_iter()
+                .filter_map(|(k, p)| Some((id(&k)?, p)))
+                .collect(),
+            candidates: Vec::new(),
+        }
+    }
+
     /// Feeds one fix: judges it, looks up the fences that contain it, and
     /// advances the state at those fences and at every fence the subject is
     /// already in. Events are appended to `out` in fence-id order.
@@ -649,5 +694,63 @@ mod tests {
         }
         assert_eq!(t.judge(&fix(17_000, 61.0), &cfg), Verdict::Trusted);
         assert_eq!(t.judge(&fix(18_000, 61.0), &cfg), Verdict::Trusted);
+    }
+
+    #[test]
+    fn a_subject_carried_to_another_index_goes_on_as_if_never_moved() {
+        // One fence, id 1 here and id 42 on the other side; a stop fence:
+        // arriving needs the subject stopped there, over several fixes.
+        let fence = crate::Fence::circle(Point::new(60.0, 24.0).unwrap(), 40.0).unwrap();
+        let (mut here, mut there) = (FenceIndex::new(), FenceIndex::new());
+        here.insert(FenceId(1), fence.clone());
+        there.insert(FenceId(42), fence);
+        let track = TrackConfig::default();
+        let cfg = |_| ProximityConfig::stop();
+        let at = |t: i64, speed: f64| Fix {
+            speed_mps: Some(speed),
+            ..fix(t * 1000, 60.0)
+        };
+        // Standing at the door for three seconds, then six more.
+        let first: Vec<Fix> = (0..3).map(|t| at(t, 0.0)).collect();
+        let rest: Vec<Fix> = (3..9).map(|t| at(t, 0.0)).collect();
+        let mut whole = Subject::default();
+        let mut expected = Vec::new();
+        for f in first.iter().chain(&rest) {
+            whole.observe(&here, f, &track, cfg, &mut expected);
+        }
+        assert!(
+            expected
+                .iter()
+                .any(|(_, e)| matches!(e, ProximityEvent::Entered(_))),
+            "{expected:?}"
+        );
+        let mut moved = Subject::default();
+        let mut got = Vec::new();
+        for f in &first {
+            moved.observe(&here, f, &track, cfg, &mut got);
+        }
+        let text = serde_json::to_string(
+            &moved.export(|id| (id == FenceId(1)).then(|| "door".to_owned())),
+        )
+        .unwrap();
+        let state: Portable<String> = serde_json::from_str(&text).unwrap();
+        let mut moved = Subject::import(state, |k| (k == "door").then_some(FenceId(42)));
+        for f in &rest {
+            moved.observe(&there, f, &track, cfg, &mut got);
+        }
+        let renamed: Vec<ProximityEvent> = got.iter().map(|(_, e)| *e).collect();
+        let expected: Vec<ProximityEvent> = expected.iter().map(|(_, e)| *e).collect();
+        assert_eq!(renamed, expected, "the carried subject saw another visit");
+        // A fresh subject on the other side would have found the arrival
+        // later (the stop begun here is unknown there).
+        let mut fresh = Subject::default();
+        let mut later = Vec::new();
+        for f in &rest {
+            fresh.observe(&there, f, &track, cfg, &mut later);
+        }
+        let later: Vec<ProximityEvent> = later.iter().map(|(_, e)| *e).collect();
+        assert_ne!(later, expected);
+        // A position that is out of range is refused on the way back in.
+        assert!(serde_json::from_str::<Point>("[91.0, 0.0]").is_err());
     }
 }

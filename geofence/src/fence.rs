@@ -20,11 +20,27 @@ pub const MAX_HOLES: usize = 64;
 /// Largest GeoJSON text accepted, bytes.
 pub const MAX_GEOJSON_BYTES: usize = 1024 * 1024;
 
-/// A WGS84 position, checked to be finite and in range.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// A WGS84 position, checked to be finite and in range (also when read
+/// back: it deserializes from `[lat, lng]` through [`Point::new`]).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "(f64, f64)", into = "(f64, f64)")]
 pub struct Point {
     lat: f64,
     lng: f64,
+}
+
+impl TryFrom<(f64, f64)> for Point {
+    type Error = FenceError;
+
+    fn try_from((lat, lng): (f64, f64)) -> Result<Self, FenceError> {
+        Self::new(lat, lng)
+    }
+}
+
+impl From<Point> for (f64, f64) {
+    fn from(p: Point) -> Self {
+        (p.lat, p.lng)
+    }
 }
 
 impl Point {

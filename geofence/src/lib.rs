@@ -33,8 +33,8 @@ pub mod fence;
 pub mod index;
 
 pub use detector::{
-    Fix, Motion, NaiveProximity, Proximity, ProximityConfig, ProximityEvent, Subject, Track,
-    TrackConfig, Verdict,
+    Fix, Motion, NaiveProximity, Portable, Proximity, ProximityConfig, ProximityEvent, Subject,
+    Track, TrackConfig, Verdict,
 };
 pub use fence::{Fence, FenceError, Point};
 pub use index::{FenceId, FenceIndex};

@@ -58,6 +58,10 @@ pub async fn run(app: &App, ws: &mut Socket, auth: Result<Principal, AuthError>)
     }
 
     let acked = app.bus.acked_seq(&principal.tenant, &device).await;
+    // A driver coming from another node carries on its tracking there.
+    if let Some(carried) = app.bus.carried(&principal.tenant, &principal.sub).await {
+        tenant.resume(&principal.sub, carried);
+    }
     let slot = app.devices.slot(
         &principal.tenant,
         &device,
@@ -328,6 +332,17 @@ impl Session<'_> {
         self.app
             .bus
             .acked(&self.principal.tenant, &self.device, ack);
+        // Another node could take the driver up from here.
+        if self.app.bus.shared()
+            && let Some(state) = self
+                .app
+                .tenant(&self.principal.tenant)
+                .and_then(|t| t.carry(&self.principal.sub))
+        {
+            self.app
+                .bus
+                .carry(&self.principal.tenant, &self.principal.sub, &state);
+        }
         m.acks_sent.inc();
         Next::Continue
     }

@@ -535,3 +535,65 @@ async fn a_node_subscribes_only_to_the_map_cells_its_dispatchers_watch() {
         "B still listens to positions with no dispatcher left"
     );
 }
+
+#[tokio::test]
+async fn a_stop_begun_on_one_node_and_finished_on_another_is_an_arrival() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let (mut a, b, _token, mut drv) = setup(&pg, &redis).await;
+    let disp = staff("acme", "dispatcher", "alice");
+    let t0 = now_ms() - 60_000;
+    let mut seq = 0;
+    let at = |seq: &mut u64, north: f64, speed: f64| {
+        *seq += 1;
+        fix_at(*seq, t0 + i64::try_from(*seq).unwrap() * 1000, north, speed)
+    };
+    // On node A: the driver comes to the door and stands there for two
+    // seconds (a stop needs three before it counts).
+    for north in [0.004, 0.003, 0.002, 0.001] {
+        send_json(&mut drv, &at(&mut seq, north, 10.0)).await;
+        until_ack(&mut drv).await;
+    }
+    for _ in 0..3 {
+        send_json(&mut drv, &at(&mut seq, 0.0, 0.0)).await;
+        until_ack(&mut drv).await;
+    }
+    // What A knows of the driver reaches Redis with the ack; then A dies.
+    let last_ts = (t0 + i64::try_from(seq).unwrap() * 1000).to_string();
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            redis
+                .cli(&["GET", "rxtrack:acme:driver:d1:carried"])
+                .contains(&last_ts)
+        })
+        .await,
+        "the driver's tracking state never reached Redis"
+    );
+    assert_eq!(
+        a.get("/v1/deliveries/rx-1", &disp).await.1["status"],
+        "approaching",
+        "not arrived yet"
+    );
+    a.kill9();
+    // On node B: standing three more seconds, then driving off. The stop
+    // began on A: B carries on from A's detector and finds the arrival (a
+    // detector of its own would have seen a stop too short to count).
+    let mut drv = driver_connect(&b, &driver("acme", "d1", "phone-1")).await;
+    for _ in 0..3 {
+        send_json(&mut drv, &at(&mut seq, 0.0, 0.0)).await;
+        until_ack(&mut drv).await;
+    }
+    for i in 1..=10 {
+        send_json(&mut drv, &at(&mut seq, 0.0004 * f64::from(i), 10.0)).await;
+        until_ack(&mut drv).await;
+    }
+    let (_, events) = b.get("/v1/deliveries/rx-1/events", &disp).await;
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .filter(|k| *k == "dropoff.arrived" || *k == "dropoff.departed")
+        .collect();
+    assert_eq!(kinds, ["dropoff.arrived", "dropoff.departed"], "{events}");
+}

@@ -33,6 +33,7 @@ use hub::Hub;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::domain::tracker::Carried;
 use crate::domain::{Event, PatientSnapshot, Status, eta};
 use crate::metrics::Metrics;
 use crate::protocol::Fix;
@@ -116,6 +117,18 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     }
     /// Records the seq just acknowledged to a device (for [`Bus::acked_seq`]).
     fn acked(&self, _tenant: &TenantId, _device: &DeviceId, _seq: u64) {}
+    /// Keeps what another node needs to carry on tracking a driver (after
+    /// each acknowledgement), for [`Bus::carried`].
+    fn carry(&self, _tenant: &TenantId, _driver: &SubjectId, _state: &Carried) {}
+    /// What a node last kept of a driver's tracking (`None`: nothing, or no
+    /// other node could have tracked it).
+    fn carried(
+        &self,
+        _tenant: &TenantId,
+        _driver: &SubjectId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Carried>> + Send + '_>> {
+        Box::pin(async { None })
+    }
     /// Counts a tracking-link lookup from `ip` among every node's this
     /// minute; `false` beyond `per_minute`. One node alone, or a bus that
     /// cannot be reached, leaves it to the node's own limiter (`true`).

@@ -88,7 +88,7 @@ pub fn distance_m(a: LatLng, b: LatLng) -> f64 {
 }
 
 /// A smoothed speed.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SpeedModel {
     avg: Option<f64>,
 }

@@ -41,6 +41,47 @@ pub(crate) struct DriverLive {
     unplannable: Option<Vec<LatLng>>,
 }
 
+/// What of a driver's live state another node carries on from: its last
+/// position, when it was seen, its smoothed speed and heading (the road
+/// plan is searched for again).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LiveCarried {
+    pos: LatLng,
+    seen: UnixMillis,
+    speed: SpeedModel,
+    heading: Option<f64>,
+}
+
+impl DriverLive {
+    pub(crate) fn carried(&self) -> LiveCarried {
+        LiveCarried {
+            pos: self.pos,
+            seen: self.seen,
+            speed: self.speed,
+            heading: self.heading,
+        }
+    }
+
+    pub(crate) fn resumed(c: LiveCarried) -> Self {
+        Self {
+            pos: c.pos,
+            seen: c.seen,
+            speed: c.speed,
+            heading: c.heading.filter(|h| h.is_finite()),
+            plan: None,
+            off_route: 0,
+            searched_at: i64::MIN,
+            unplannable: None,
+        }
+    }
+}
+
+impl LiveCarried {
+    pub(crate) fn seen(&self) -> UnixMillis {
+        self.seen
+    }
+}
+
 /// A driver's plan is searched for at most this often, ms, unless its
 /// stops change.
 const SEARCH_BACKOFF_MS: i64 = 20_000;

@@ -178,7 +178,8 @@ pub(crate) struct DeviceData {
 }
 
 /// Which end of a delivery a fence is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Stop {
     Pickup,
     Dropoff,

@@ -464,5 +464,18 @@ mod tests {
             after.iter().all(|d| d.kind != EventKind::DropoffDeparted),
             "{after:?}"
         );
+
+        // What another node carries on from: taken up where the driver was
+        // not seen as recently, never over fresher state of its own.
+        let carried = tracker.carry(&driver.sub).unwrap();
+        assert!(!tracker.resume(&driver.sub, carried.clone()));
+        let text = serde_json::to_string(&carried).unwrap();
+        let mut other = Tracker::default();
+        assert!(other.resume(&driver.sub, serde_json::from_str(&text).unwrap()));
+        assert!(other.has_live(&driver.sub, UnixMillis(T0 + ms)));
+        // The other node has no such delivery: the fences are dropped.
+        let back = serde_json::to_value(other.carry(&driver.sub).unwrap()).unwrap();
+        assert_eq!(back["detector"]["fences"], serde_json::json!([]));
+        assert_eq!(back["live"], serde_json::to_value(&carried).unwrap()["live"]);
     }
 }

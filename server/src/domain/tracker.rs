@@ -14,7 +14,7 @@ use geofence::{FenceId, FenceIndex};
 
 use super::book::{Book, Change};
 use super::eta::{Calibration, EtaConfig, ServiceModel};
-use super::live::{DriverLive, SearchBudget};
+use super::live::{DriverLive, LiveCarried, SearchBudget};
 use super::model::{Fence, Stop};
 use super::patient::PatientSnapshot;
 use super::status::Status;
@@ -34,6 +34,15 @@ pub struct Track {
     pub(crate) predictions: Vec<(i64, i64)>,
     /// What the patient sees now.
     pub snapshot: PatientSnapshot,
+}
+
+/// A driver's tracking as another node carries it on: the proximity
+/// detector (each fence named by a delivery and stop it serves) and the
+/// live position and speed.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Carried {
+    detector: Option<geofence::Portable<(DeliveryId, Stop)>>,
+    live: Option<LiveCarried>,
 }
 
 /// What moved since the commit path last looked.
@@ -161,6 +170,59 @@ impl Tracker {
     /// repeating).
     pub fn forget_detector(&mut self, driver: &SubjectId) {
         self.detectors.remove(driver);
+    }
+
+    /// What another node needs to carry on tracking `driver` where this
+    /// one stopped (none if this node never tracked it). Fences are named
+    /// by a delivery and stop they serve: fence ids are this node's own,
+    /// while every node holds the same deliveries.
+    #[must_use]
+    pub fn carry(&self, driver: &SubjectId) -> Option<Carried> {
+        let detector = self.detectors.get(driver).map(|d| {
+            d.export(|f| {
+                self.fence_owner
+                    .get(&f)
+                    .and_then(|owners| owners.first())
+                    .cloned()
+            })
+        });
+        let live = self.live.get(driver).map(DriverLive::carried);
+        (detector.is_some() || live.is_some()).then_some(Carried { detector, live })
+    }
+
+    /// Takes up what another node carried of `driver`, unless this node
+    /// saw the driver as recently; whether it did. Fences of deliveries no
+    /// longer active here are dropped.
+    pub fn resume(&mut self, driver: &SubjectId, carried: Carried) -> bool {
+        let theirs = carried.live.as_ref().map(LiveCarried::seen);
+        let ours = self.live.get(driver).map(|l| l.seen);
+        if ours.is_some() && (theirs.is_none() || ours >= theirs) {
+            return false;
+        }
+        match carried.detector {
+            Some(d) => {
+                let subject = geofence::Subject::import(d, |(id, stop)| {
+                    let (pickup, dropoff) = self.fences_of(id)?;
+                    Some(match stop {
+                        Stop::Pickup => pickup,
+                        Stop::Dropoff => dropoff,
+                    })
+                });
+                self.detectors.insert(driver.clone(), subject);
+            }
+            None => {
+                self.detectors.remove(driver);
+            }
+        }
+        match carried.live {
+            Some(l) => {
+                self.live.insert(driver.clone(), DriverLive::resumed(l));
+            }
+            None => {
+                self.live.remove(driver);
+            }
+        }
+        true
     }
 
     /// What moved since last taken.

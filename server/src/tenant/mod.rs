@@ -643,6 +643,18 @@ impl Tenant {
         Ok(Some((text, Some(rx), id)))
     }
 
+    /// What another node needs to carry on tracking `driver`.
+    #[must_use]
+    pub fn carry(&self, driver: &SubjectId) -> Option<crate::domain::tracker::Carried> {
+        self.read(|_, t| t.carry(driver))
+    }
+
+    /// Takes up what another node carried of `driver` (unless this node
+    /// saw the driver as recently); whether it did.
+    pub fn resume(&self, driver: &SubjectId, carried: crate::domain::tracker::Carried) -> bool {
+        self.lock().tracker.resume(driver, carried)
+    }
+
     /// Whether a tracking link is still valid (for open sockets).
     #[must_use]
     pub fn link_is_valid(&self, token_sha256: &str, now: UnixMillis) -> bool {

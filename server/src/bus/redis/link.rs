@@ -14,7 +14,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use tokio::sync::mpsc;
 
-use super::wire::{After, CELLS_TTL_S, CURSOR_TTL_S, Out};
+use super::wire::{After, CELLS_TTL_S, Out};
 use super::{MAX_BATCH, PROBE, PRUNE, RETRY, RedisBus, TIMEOUT};
 use crate::metrics::Metrics;
 use crate::types::TenantId;
@@ -107,21 +107,27 @@ async fn send_batch(conn: &mut Conn, batch: &mut Vec<Out>) -> redis::RedisResult
     let cluster = matches!(conn, Conn::Cluster(_));
     let publish = if cluster { "SPUBLISH" } else { "PUBLISH" };
     let mut keys = Vec::new();
+    let mut set_at: HashMap<String, usize> = HashMap::new();
     let mut messages = Vec::new();
     for out in batch.drain(..) {
         match out {
             Out::Publish(channel, text) => {
                 messages.push(redis::cmd(publish).arg(channel).arg(text).to_owned());
             }
-            Out::Cursor(key, seq) => {
-                keys.push(
-                    redis::cmd("SET")
-                        .arg(key)
-                        .arg(seq)
-                        .arg("EX")
-                        .arg(CURSOR_TTL_S)
-                        .to_owned(),
-                );
+            Out::Set { key, value, ttl } => {
+                // The newest value of a key in this batch replaces the older.
+                let cmd = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(value)
+                    .arg("EX")
+                    .arg(ttl)
+                    .to_owned();
+                if let Some(&i) = set_at.get(&key) {
+                    keys[i] = cmd;
+                } else {
+                    set_at.insert(key, keys.len());
+                    keys.push(cmd);
+                }
             }
             Out::Cell {
                 key,

@@ -43,13 +43,14 @@ mod wire;
 
 use link::{Conn, Engine, cluster_builder, cluster_subscriber, publisher, subscriber, timed_out};
 use wire::{
-    After, Interest, Out, Topic, Wire, cell_channel, cells_key, cells_notice, channel_cell,
-    cursor_key, parse_channel_cell, patient_channel,
+    After, CURSOR_TTL_S, Interest, Out, Topic, Wire, carried_key, cell_channel, cells_key,
+    cells_notice, channel_cell, cursor_key, parse_channel_cell, patient_channel,
 };
 
 use super::hub::Viewport;
 use super::{Bus, DeliveryChange, DispatcherFeed, Kick, LocalBus, Session};
 use crate::config::RedisTarget;
+use crate::domain::tracker::Carried;
 use crate::domain::{Event, PatientSnapshot};
 use crate::metrics::Metrics;
 use crate::protocol::Fix;
@@ -582,9 +583,42 @@ impl Bus for RedisBus {
     }
 
     fn acked(&self, tenant: &TenantId, device: &DeviceId, seq: u64) {
-        let _ = self
-            .out
-            .try_send(Out::Cursor(cursor_key(tenant, device), seq));
+        let _ = self.out.try_send(Out::Set {
+            key: cursor_key(tenant, device),
+            value: seq.to_string(),
+            ttl: CURSOR_TTL_S,
+        });
+    }
+
+    fn carry(&self, tenant: &TenantId, driver: &SubjectId, state: &Carried) {
+        if let Ok(value) = serde_json::to_string(state) {
+            let _ = self.out.try_send(Out::Set {
+                key: carried_key(tenant, driver),
+                value,
+                ttl: CURSOR_TTL_S,
+            });
+        }
+    }
+
+    fn carried(
+        &self,
+        tenant: &TenantId,
+        driver: &SubjectId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Carried>> + Send + '_>> {
+        let key = carried_key(tenant, driver);
+        Box::pin(async move {
+            let text = self
+                .query::<Option<String>>(redis::cmd("GET").arg(&key))
+                .await
+                .ok()
+                .flatten()?;
+            // What another node kept is checked like anything it sends.
+            serde_json::from_str(&text)
+                .inspect_err(|_| {
+                    tracing::warn!("an unreadable carried driver state in Redis; ignored");
+                })
+                .ok()
+        })
     }
 
     fn allow_lookup(

@@ -24,6 +24,10 @@ pub(super) fn cursor_key(t: &TenantId, d: &DeviceId) -> String {
     format!("rxtrack:{t}:device:{d}:acked")
 }
 
+pub(super) fn carried_key(t: &TenantId, d: &SubjectId) -> String {
+    format!("rxtrack:{t}:driver:{d}:carried")
+}
+
 pub(super) fn cell_channel(t: &TenantId, cell: CellIndex) -> String {
     format!("rxtrack:{t}:pos:{cell}")
 }
@@ -54,8 +58,13 @@ pub(super) fn channel_cell(fix: &Fix) -> Option<CellIndex> {
 /// What the publisher sends.
 pub(super) enum Out {
     Publish(String, String),
-    /// A device's acknowledged seq.
-    Cursor(String, u64),
+    /// A key's value, kept `ttl` seconds (a device's acknowledged seq, a
+    /// driver's carried tracking); only the last of a key in a batch is sent.
+    Set {
+        key: String,
+        value: String,
+        ttl: u64,
+    },
     /// A cell this node publishes positions in: added to the tenant's set
     /// (`key`), then told on `notice`.
     Cell {
