@@ -6,6 +6,12 @@
 //!
 //! The log folder is created under `target/` so that fsync reaches the disk
 //! this machine really writes to (not a tmpfs).
+//!
+//! With `RXTRACK_BENCH_POSTGRES` set to the URL of a migrated database (the
+//! servers' role), the same appends go to the PostgreSQL log too
+//! (`pg_durable_append`): one transaction per group, committed before the
+//! appends resolve. `scripts/bench-pg-append` starts a PostgreSQL of its
+//! own for it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -119,5 +125,67 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Durable appends to the PostgreSQL log, as above, one tenant per writer
+/// count (each chain starts at the genesis).
+fn bench_postgres(c: &mut Criterion) {
+    use rxtrack_server::log::EventLog as _;
+    use rxtrack_server::log::pg::PgLog;
+    let Ok(url) = std::env::var("RXTRACK_BENCH_POSTGRES") else {
+        return;
+    };
+    let key = Arc::new(DataKey::from_bytes(&[7u8; 32]).expect("32 bytes"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut g = c.benchmark_group("pg_durable_append");
+    g.measurement_time(Duration::from_secs(8));
+    g.sample_size(20);
+    let run = std::process::id();
+    for writers in [1i64, 16, 256] {
+        let tenant = TenantId::parse(&format!("bench-{run}-{writers}")).expect("an id");
+        let log = rt
+            .block_on(PgLog::connect(&url, vec![tenant.clone()]))
+            .expect("connect to RXTRACK_BENCH_POSTGRES");
+        let mut chain = TenantChain::new(tenant, key.clone(), None);
+        let mut i = 0;
+        g.throughput(Throughput::Elements(writers.unsigned_abs()));
+        g.bench_with_input(
+            BenchmarkId::new("concurrent_writers", writers),
+            &writers,
+            |b, _| {
+                b.iter_custom(|iters| {
+                    let rounds: Vec<Vec<_>> = (0..iters)
+                        .map(|_| {
+                            (0..writers)
+                                .map(|_| {
+                                    i += 1;
+                                    chain.chain(draft(i)).expect("seal").0
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    let started = Instant::now();
+                    for round in &rounds {
+                        rt.block_on(async {
+                            let pending: Vec<_> = round
+                                .iter()
+                                .map(|e| log.append(std::slice::from_ref(e)))
+                                .collect();
+                            for p in pending {
+                                p.await.expect("writer alive").expect("durable");
+                            }
+                        });
+                    }
+                    started.elapsed()
+                });
+            },
+        );
+        rt.block_on(log.close());
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_postgres);
 criterion_main!(benches);

@@ -488,7 +488,10 @@ async fn list_devices(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiRes
     let p = principal(&app, &headers)?;
     require(&p, Action::ListDevices)?;
     let t = tenant(&app, &p)?;
-    let mut rows = app.devices.list(&p.tenant, app.bus.as_ref());
+    let remote = app.bus.devices(&p.tenant).await;
+    let mut rows = app
+        .devices
+        .list(&p.tenant, app.bus.as_ref(), remote, crate::clock::now());
     let revoked = t.read(|book, _| book.revoked().clone());
     for r in &mut rows {
         r.revoked = revoked.contains(&r.device_id);

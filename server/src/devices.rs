@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, DeviceReport};
 use crate::config::Limits;
 use crate::protocol::Cursor;
 use crate::ratelimit::Bucket;
@@ -79,23 +79,93 @@ impl Devices {
         slot
     }
 
-    /// The tenant's devices seen since start-up.
+    /// The tenant's devices seen since start-up, here and (`remote`) as
+    /// other nodes told of them: a device is connected if it is connected
+    /// here or another node's report of its connection still holds at `now`.
     #[must_use]
-    pub fn list(&self, tenant: &TenantId, bus: &dyn Bus) -> Vec<DeviceRow> {
+    pub fn list(
+        &self,
+        tenant: &TenantId,
+        bus: &dyn Bus,
+        remote: Vec<(DeviceId, DeviceReport)>,
+        now: UnixMillis,
+    ) -> Vec<DeviceRow> {
+        let mut rows: HashMap<DeviceId, DeviceRow> = {
+            let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+            map.iter()
+                .filter(|((t, _), _)| t == tenant)
+                .map(|((_, d), slot)| {
+                    let s = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                    let row = DeviceRow {
+                        device_id: d.clone(),
+                        driver_id: Some(s.driver.clone()),
+                        connected: bus.connected(tenant, d),
+                        last_seen: s.last_seen,
+                        last_seq: s.cursor.last_seq,
+                        revoked: false,
+                    };
+                    (d.clone(), row)
+                })
+                .collect()
+        };
+        for (d, r) in remote {
+            let connected = r.connected && r.until > now;
+            let row = rows.entry(d.clone()).or_insert_with(|| DeviceRow {
+                device_id: d,
+                driver_id: Some(r.driver.clone()),
+                connected: false,
+                last_seen: None,
+                last_seq: 0,
+                revoked: false,
+            });
+            if r.last_seen > row.last_seen {
+                row.last_seen = r.last_seen;
+                row.driver_id = Some(r.driver);
+            }
+            row.connected |= connected;
+            row.last_seq = row.last_seq.max(r.last_seq);
+        }
+        rows.into_values().collect()
+    }
+
+    /// The report of one of this node's devices, as of `now`.
+    #[must_use]
+    pub fn report(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        connected: bool,
+        now: UnixMillis,
+    ) -> Option<DeviceReport> {
         let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        map.iter()
-            .filter(|((t, _), _)| t == tenant)
-            .map(|((_, d), slot)| {
-                let s = slot.lock().unwrap_or_else(PoisonError::into_inner);
-                DeviceRow {
-                    device_id: d.clone(),
-                    driver_id: Some(s.driver.clone()),
-                    connected: bus.connected(tenant, d),
-                    last_seen: s.last_seen,
-                    last_seq: s.cursor.last_seq,
-                    revoked: false,
-                }
-            })
-            .collect()
+        let s = map
+            .get(&(tenant.clone(), device.clone()))?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Some(DeviceReport {
+            driver: s.driver.clone(),
+            connected,
+            until: now.plus_ms(crate::bus::REPORT_HOLDS_MS),
+            last_seen: s.last_seen,
+            last_seq: s.cursor.last_seq,
+        })
+    }
+
+    /// Renews the reports of the devices connected here (a node that dies
+    /// stops renewing them, and they lapse).
+    pub fn renew_reports(&self, bus: &dyn Bus, now: UnixMillis) {
+        let keys: Vec<DeviceKey> = self
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .filter(|(t, d)| bus.connected(t, d))
+            .cloned()
+            .collect();
+        for (t, d) in keys {
+            if let Some(r) = self.report(&t, &d, true, now) {
+                bus.report_device(&t, &d, &r, false);
+            }
+        }
     }
 }

@@ -26,7 +26,7 @@ use crate::domain::Action;
 use crate::protocol::{DriverMsg, MAX_BATCH, PingIn, ServerMsg};
 use crate::socket::Close;
 
-use crate::types::DeviceId;
+use crate::types::{DeviceId, TenantId};
 use crate::ws::{self, Socket, close};
 
 /// Serves one driver socket until it ends; returns how.
@@ -81,6 +81,7 @@ pub async fn run(app: &App, ws: &mut Socket, auth: Result<Principal, AuthError>)
         return Some((close::FORBIDDEN, "device revoked".into()));
     }
     slot.lock().unwrap_or_else(PoisonError::into_inner).driver = principal.sub.clone();
+    report(app, &principal.tenant, &device, true);
     tracing::debug!(tenant = %principal.tenant, session = session_id, "driver connected");
 
     let mut session = Session {
@@ -92,8 +93,21 @@ pub async fn run(app: &App, ws: &mut Socket, auth: Result<Principal, AuthError>)
     let end = session.serve(ws, &mut kick_rx).await;
     app.bus
         .close_session(&session.principal.tenant, &session.device, session_id);
+    report(app, &session.principal.tenant, &session.device, false);
     tracing::debug!(session = session_id, "driver disconnected");
     end.map(|(code, reason)| (code, reason.into()))
+}
+
+/// Tells other nodes the device connected here, or that its session here
+/// ended.
+fn report(app: &App, tenant: &TenantId, device: &DeviceId, connected: bool) {
+    if app.bus.shared()
+        && let Some(r) = app
+            .devices
+            .report(tenant, device, connected, crate::clock::now())
+    {
+        app.bus.report_device(tenant, device, &r, !connected);
+    }
 }
 
 struct Session<'a> {

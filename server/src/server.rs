@@ -52,6 +52,18 @@ pub async fn run_app(listener: TcpListener, app: Arc<App>) -> anyhow::Result<()>
             }
         }
     });
+    if app.bus.shared() {
+        let reporter = app.clone();
+        app.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(crate::bus::REPORT_EVERY);
+            loop {
+                tokio::select! {
+                    () = reporter.shutdown.cancelled() => return,
+                    _ = tick.tick() => reporter.devices.renew_reports(reporter.bus.as_ref(), crate::clock::now()),
+                }
+            }
+        });
+    }
     serve(listener, app.clone()).await;
     tracing::info!("draining");
     app.tracker.close();

@@ -597,3 +597,75 @@ async fn a_stop_begun_on_one_node_and_finished_on_another_is_an_arrival() {
         .collect();
     assert_eq!(kinds, ["dropoff.arrived", "dropoff.departed"], "{events}");
 }
+
+/// Node `s`'s row of `device` in `GET /v1/devices`.
+async fn device_row(s: &Server, device: &str) -> Value {
+    let (_, devices) = s
+        .get("/v1/devices", &staff("acme", "dispatcher", "alice"))
+        .await;
+    devices["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|r| r["device_id"] == device).cloned())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn every_node_lists_a_device_connected_to_another() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let (mut a, b, _token, mut drv) = setup(&pg, &redis).await;
+    for seq in 1..=3 {
+        send_json(&mut drv, &ping(seq)).await;
+        until_ack(&mut drv).await;
+    }
+    // The driver is on A; B lists it connected at once, with its driver,
+    // and its seq once A renews its report (every 5 s).
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            let row = device_row(&b, "phone-1").await;
+            row["connected"] == true && row["driver_id"] == "d1"
+        })
+        .await,
+        "B does not list the device connected to A: {}",
+        device_row(&b, "phone-1").await
+    );
+    assert!(
+        eventually(Duration::from_secs(7), async || {
+            let row = device_row(&b, "phone-1").await;
+            row["connected"] == true && row["driver_id"] == "d1" && row["last_seq"] == 3
+        })
+        .await,
+        "B does not list the device connected to A: {}",
+        device_row(&b, "phone-1").await
+    );
+    // It leaves: B says so within a second or two.
+    drop(drv);
+    assert!(
+        eventually(Duration::from_secs(3), async || device_row(&b, "phone-1")
+            .await["connected"]
+            == false)
+        .await,
+        "B still lists a device gone from A as connected"
+    );
+    // Connected again, then its node dies without a word: the report
+    // lapses and B stops listing it as connected.
+    let mut drv = driver_connect(&a, &driver("acme", "d1", "phone-1")).await;
+    send_json(&mut drv, &ping(4)).await;
+    until_ack(&mut drv).await;
+    assert!(
+        eventually(Duration::from_secs(3), async || device_row(&b, "phone-1")
+            .await["connected"]
+            == true)
+        .await
+    );
+    a.kill9();
+    assert!(
+        eventually(Duration::from_secs(25), async || device_row(&b, "phone-1")
+            .await["connected"]
+            == false)
+        .await,
+        "a dead node's device is still listed as connected"
+    );
+    // Still listed, as A last reported it.
+    assert_eq!(device_row(&b, "phone-1").await["driver_id"], "d1");
+}

@@ -37,7 +37,7 @@ use crate::domain::tracker::Carried;
 use crate::domain::{Event, PatientSnapshot, Status, eta};
 use crate::metrics::Metrics;
 use crate::protocol::Fix;
-use crate::types::{DeliveryId, DeviceId, SubjectId, TenantId};
+use crate::types::{DeliveryId, DeviceId, SubjectId, TenantId, UnixMillis};
 
 /// Where a delivery stands, as dispatchers are told.
 #[derive(Clone, Debug, Serialize)]
@@ -52,6 +52,27 @@ pub struct DeliveryChange {
     /// The estimate behind it.
     pub eta_at: Option<i64>,
 }
+
+/// What a bus answers later.
+pub type BusFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A device as one node tells the others of it (for `GET /v1/devices` on
+/// any node).
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct DeviceReport {
+    pub driver: SubjectId,
+    /// Connected to the reporting node, until `until` at the latest: a node
+    /// renews its connected devices' reports, and one that dies stops.
+    pub connected: bool,
+    pub until: UnixMillis,
+    pub last_seen: Option<UnixMillis>,
+    pub last_seq: u64,
+}
+
+/// How long a connected report holds without renewal, and how often the
+/// node renews them.
+pub const REPORT_HOLDS_MS: i64 = 15_000;
+pub const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a session was ended from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +138,21 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     }
     /// Records the seq just acknowledged to a device (for [`Bus::acked_seq`]).
     fn acked(&self, _tenant: &TenantId, _device: &DeviceId, _seq: u64) {}
+    /// Tells the other nodes of one of this node's devices (`closing`: its
+    /// session here just ended, which must not undo a newer session of the
+    /// device on another node).
+    fn report_device(
+        &self,
+        _tenant: &TenantId,
+        _device: &DeviceId,
+        _report: &DeviceReport,
+        _closing: bool,
+    ) {
+    }
+    /// The tenant's devices as the other nodes last told of them.
+    fn devices(&self, _tenant: &TenantId) -> BusFuture<'_, Vec<(DeviceId, DeviceReport)>> {
+        Box::pin(async { Vec::new() })
+    }
     /// Keeps what another node needs to carry on tracking a driver (after
     /// each acknowledgement), for [`Bus::carried`].
     fn carry(&self, _tenant: &TenantId, _driver: &SubjectId, _state: &Carried) {}

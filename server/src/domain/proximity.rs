@@ -476,6 +476,9 @@ mod tests {
         // The other node has no such delivery: the fences are dropped.
         let back = serde_json::to_value(other.carry(&driver.sub).unwrap()).unwrap();
         assert_eq!(back["detector"]["fences"], serde_json::json!([]));
-        assert_eq!(back["live"], serde_json::to_value(&carried).unwrap()["live"]);
+        assert_eq!(
+            back["live"],
+            serde_json::to_value(&carried).unwrap()["live"]
+        );
     }
 }

@@ -70,6 +70,8 @@ pub struct PgLog {
     /// The listening connection answers (probed every second).
     reachable: Arc<AtomicBool>,
     changes: Mutex<Option<mpsc::UnboundedReceiver<TenantId>>>,
+    /// Turns at writing each tenant's chain.
+    leases: Arc<super::lease::Leases>,
 }
 
 impl std::fmt::Debug for PgLog {
@@ -136,6 +138,7 @@ impl PgLog {
         tokio::spawn(writer(pool.clone(), rx, heads.clone(), healthy.clone()));
         let (ch_tx, ch_rx) = mpsc::unbounded_channel();
         let reachable = Arc::new(AtomicBool::new(true));
+        let leases = super::lease::Leases::start(pg.clone());
         tokio::spawn(listen(
             pg,
             tenants,
@@ -150,6 +153,7 @@ impl PgLog {
             healthy,
             reachable,
             changes: Mutex::new(Some(ch_rx)),
+            leases,
         })
     }
 
@@ -317,6 +321,18 @@ impl EventLog for PgLog {
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async {})
     }
+
+    fn lease(
+        &self,
+        tenant: &TenantId,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, StoreError>> + Send + '_>> {
+        let tenant = tenant.as_str().to_owned();
+        Box::pin(async move { self.leases.take(&tenant).await })
+    }
+
+    fn holds(&self, tenant: &TenantId) -> bool {
+        self.leases.holds(tenant.as_str())
+    }
 }
 
 /// The group-commit writer: everything waiting, one transaction.
@@ -397,18 +413,22 @@ async fn commit(pool: &Pool, group: &[Append]) -> Result<Vec<bool>, StoreError> 
     // Every node takes tenants in the same order, so two nodes' groups
     // never wait on each other's rows in a cycle (a stable sort keeps one
     // tenant's appends in chain order).
-    let mut order: Vec<usize> = (0..group.len()).collect();
+    let mut order: Vec<usize> = (0..group.len())
+        .filter(|i| !group[*i].events.is_empty())
+        .collect();
     order.sort_by(|x, y| group[*x].tenant.cmp(&group[*y].tenant));
-    for i in order {
-        let a = &group[i];
-        let Some(first) = a.events.first() else {
-            continue;
-        };
-        let ok = insert_one(&tx, &insert, a, first).await?;
-        if ok && !notified.contains(&a.tenant.as_str()) {
-            notified.push(&a.tenant);
+    // A node's appends of one tenant extend each other: each run of them
+    // that does goes in with one statement, all or nothing (if its first
+    // event lost the race, every later one extends a loser anyway).
+    for run in runs(group, &order) {
+        let ok = insert_run(&tx, &insert, group, &run).await?;
+        let tenant = group[run[0]].tenant.as_str();
+        if ok && !notified.contains(&tenant) {
+            notified.push(tenant);
         }
-        outcomes[i] = ok;
+        for i in run {
+            outcomes[i] = ok;
+        }
     }
     for t in notified {
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &t])
@@ -419,25 +439,51 @@ async fn commit(pool: &Pool, group: &[Append]) -> Result<Vec<bool>, StoreError> 
     Ok(outcomes)
 }
 
-/// Inserts one append in a savepoint; `false`: it lost the race (another
-/// node's rows are in its place, or it follows one that lost).
-async fn insert_one(
+/// Splits the appends (indices in `order`, by tenant) into runs of one
+/// tenant each, every append extending the one before it in the run.
+fn runs(group: &[Append], order: &[usize]) -> Vec<Vec<usize>> {
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    for &i in order {
+        let a = &group[i];
+        let extends = runs.last().and_then(|r| r.last()).is_some_and(|&j| {
+            let b = &group[j];
+            match (b.events.last(), a.events.first()) {
+                (Some(last), Some(first)) => {
+                    b.tenant == a.tenant && first.seq == last.seq + 1 && first.prev == last.hash
+                }
+                _ => false,
+            }
+        });
+        match runs.last_mut() {
+            Some(r) if extends => r.push(i),
+            _ => runs.push(vec![i]),
+        }
+    }
+    runs
+}
+
+/// Inserts one run of appends in a savepoint; `false`: it lost the race
+/// (another node's rows are in its place, or it follows one that lost).
+async fn insert_run(
     tx: &tokio_postgres::Transaction<'_>,
     insert: &tokio_postgres::Statement,
-    a: &Append,
-    first: &StoredEvent,
+    group: &[Append],
+    run: &[usize],
 ) -> Result<bool, StoreError> {
-    let seqs: Vec<i64> = a
-        .events
+    let events: Vec<&StoredEvent> = run.iter().flat_map(|&i| &group[i].events).collect();
+    let (Some(first), Some(&i0)) = (events.first(), run.first()) else {
+        return Ok(true);
+    };
+    let tenant = &group[i0].tenant;
+    let seqs: Vec<i64> = events
         .iter()
         .map(|e| i64::try_from(e.seq).unwrap_or(i64::MAX))
         .collect();
-    let ids: Vec<Option<&str>> = a.events.iter().map(|e| e.delivery_id.as_deref()).collect();
-    let ats: Vec<i64> = a.events.iter().map(|e| e.at).collect();
-    let prevs: Vec<&str> = a.events.iter().map(|e| e.prev.as_str()).collect();
-    let hashes: Vec<&str> = a.events.iter().map(|e| e.hash.as_str()).collect();
-    let lines: Vec<String> = a
-        .events
+    let ids: Vec<Option<&str>> = events.iter().map(|e| e.delivery_id.as_deref()).collect();
+    let ats: Vec<i64> = events.iter().map(|e| e.at).collect();
+    let prevs: Vec<&str> = events.iter().map(|e| e.prev.as_str()).collect();
+    let hashes: Vec<&str> = events.iter().map(|e| e.hash.as_str()).collect();
+    let lines: Vec<String> = events
         .iter()
         .map(|e| String::from_utf8_lossy(&e.to_line()).trim_end().to_owned())
         .collect();
@@ -445,17 +491,14 @@ async fn insert_one(
     tx.batch_execute("SAVEPOINT append")
         .await
         .map_err(|e| db(&e))?;
-    tx.execute(
-        "SELECT set_config('rxtrack.tenant', $1, true)",
-        &[&a.tenant],
-    )
-    .await
-    .map_err(|e| db(&e))?;
+    tx.execute("SELECT set_config('rxtrack.tenant', $1, true)", &[tenant])
+        .await
+        .map_err(|e| db(&e))?;
     let inserted = tx
         .execute(
             insert,
             &[
-                &a.tenant,
+                tenant,
                 &seqs,
                 &ids,
                 &ats,
@@ -469,9 +512,9 @@ async fn insert_one(
         )
         .await;
     let ok = match inserted {
-        Ok(n) => n == a.events.len() as u64,
+        Ok(n) => n == events.len() as u64,
         // Another node took the place first (or their transactions
-        // collided): this append lost the race.
+        // collided): this run lost the race.
         Err(e)
             if [
                 SqlState::UNIQUE_VIOLATION,

@@ -101,6 +101,23 @@ pub(super) fn cluster_builder(seeds: &[String]) -> ClusterClientBuilder {
         .response_timeout(TIMEOUT)
 }
 
+/// A tenant's device reports are kept a day after the last one.
+const DEVICES_TTL_S: u64 = 24 * 3600;
+
+/// Sets a device's report unless a marker is given that the stored report
+/// no longer holds (the device's session moved to another node since); the
+/// tenant's hash expires a day after the last report.
+const REPORT_DEVICE: &str = r"
+local only_if = ARGV[3]
+if only_if ~= '' then
+  local cur = redis.call('HGET', KEYS[1], ARGV[1])
+  if cur and not string.find(cur, only_if, 1, true) then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+";
+
 /// Sends a batch: pipelined to one Redis; to a cluster, each command to its
 /// shard (keys first, so a cell is in the set before it is told of).
 async fn send_batch(conn: &mut Conn, batch: &mut Vec<Out>) -> redis::RedisResult<()> {
@@ -128,6 +145,24 @@ async fn send_batch(conn: &mut Conn, batch: &mut Vec<Out>) -> redis::RedisResult
                     set_at.insert(key, keys.len());
                     keys.push(cmd);
                 }
+            }
+            Out::Device {
+                key,
+                device,
+                value,
+                only_if,
+            } => {
+                keys.push(
+                    redis::cmd("EVAL")
+                        .arg(REPORT_DEVICE)
+                        .arg(1)
+                        .arg(key)
+                        .arg(device)
+                        .arg(value)
+                        .arg(only_if.unwrap_or_default())
+                        .arg(DEVICES_TTL_S)
+                        .to_owned(),
+                );
             }
             Out::Cell {
                 key,

@@ -44,11 +44,11 @@ mod wire;
 use link::{Conn, Engine, cluster_builder, cluster_subscriber, publisher, subscriber, timed_out};
 use wire::{
     After, CURSOR_TTL_S, Interest, Out, Topic, Wire, carried_key, cell_channel, cells_key,
-    cells_notice, channel_cell, cursor_key, parse_channel_cell, patient_channel,
+    cells_notice, channel_cell, cursor_key, devices_key, parse_channel_cell, patient_channel,
 };
 
 use super::hub::Viewport;
-use super::{Bus, DeliveryChange, DispatcherFeed, Kick, LocalBus, Session};
+use super::{Bus, DeliveryChange, DeviceReport, DispatcherFeed, Kick, LocalBus, Session};
 use crate::config::RedisTarget;
 use crate::domain::tracker::Carried;
 use crate::domain::{Event, PatientSnapshot};
@@ -588,6 +588,47 @@ impl Bus for RedisBus {
             value: seq.to_string(),
             ttl: CURSOR_TTL_S,
         });
+    }
+
+    fn report_device(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        report: &DeviceReport,
+        closing: bool,
+    ) {
+        let value = serde_json::json!({"n": self.node, "r": report}).to_string();
+        let _ = self.out.try_send(Out::Device {
+            key: devices_key(tenant),
+            device: device.to_string(),
+            value,
+            // A session that ended here must not undo a newer one elsewhere.
+            only_if: closing.then(|| format!("{{\"n\":\"{}\"", self.node)),
+        });
+    }
+
+    fn devices(&self, tenant: &TenantId) -> super::BusFuture<'_, Vec<(DeviceId, DeviceReport)>> {
+        let key = devices_key(tenant);
+        Box::pin(async move {
+            #[derive(serde::Deserialize)]
+            struct Stored {
+                n: String,
+                r: DeviceReport,
+            }
+            let all: Vec<(String, String)> = self
+                .query(redis::cmd("HGETALL").arg(&key))
+                .await
+                .unwrap_or_default();
+            // This node's own reports are older than what it knows itself;
+            // what another node stored is checked like anything it sends.
+            all.into_iter()
+                .filter_map(|(device, text)| {
+                    let stored: Stored = serde_json::from_str(&text).ok()?;
+                    (stored.n != self.node).then_some(())?;
+                    Some((DeviceId::parse(&device).ok()?, stored.r))
+                })
+                .collect()
+        })
     }
 
     fn carry(&self, tenant: &TenantId, driver: &SubjectId, state: &Carried) {

@@ -24,6 +24,10 @@ pub(super) fn cursor_key(t: &TenantId, d: &DeviceId) -> String {
     format!("rxtrack:{t}:device:{d}:acked")
 }
 
+pub(super) fn devices_key(t: &TenantId) -> String {
+    format!("rxtrack:{t}:devices")
+}
+
 pub(super) fn carried_key(t: &TenantId, d: &SubjectId) -> String {
     format!("rxtrack:{t}:driver:{d}:carried")
 }
@@ -64,6 +68,14 @@ pub(super) enum Out {
         key: String,
         value: String,
         ttl: u64,
+    },
+    /// A device's report in the tenant's hash (`key`, field `device`);
+    /// `only_if` the field still holds a report of this node.
+    Device {
+        key: String,
+        device: String,
+        value: String,
+        only_if: Option<String>,
     },
     /// A cell this node publishes positions in: added to the tenant's set
     /// (`key`), then told on `notice`.
