@@ -266,7 +266,7 @@ impl Track {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 enum State {
     Outside,
     Entering {
@@ -288,7 +288,7 @@ enum State {
 }
 
 /// One subject's state at one fence.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Proximity {
     state: State,
 }
@@ -467,6 +467,36 @@ pub struct Portable<K> {
 }
 
 impl Subject {
+    /// A digest of the part of the state that decides events: whether
+    /// the subject has stopped or is slowing, and where it stands at each
+    /// fence (not its newest fix, which changes every time). A process
+    /// that hands the state over needs to do so when this changes; the
+    /// rest can follow now and then.
+    #[must_use]
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = rustc_hash::FxHasher::default();
+        self.stopped.hash(&mut h);
+        self.motion.slow_since.hash(&mut h);
+        // Without reported speeds, stillness decides stopping.
+        if self
+            .track
+            .last_trusted
+            .is_some_and(|f| f.speed_mps.is_none())
+        {
+            self.motion.still.map(|s| s.since).hash(&mut h);
+        }
+        // Order-free over the fences.
+        let fences = self.fences.iter().fold(0u64, |acc, (id, p)| {
+            let mut f = rustc_hash::FxHasher::default();
+            id.hash(&mut f);
+            p.hash(&mut f);
+            acc.wrapping_add(f.finish())
+        });
+        fences.hash(&mut h);
+        h.finish()
+    }
+
     /// The state, with each fence named by `name` (fences it cannot name
     /// are left out).
     pub fn export<K>(&self, name: impl Fn(FenceId) -> Option<K>) -> Portable<K> {
@@ -726,9 +756,15 @@ mod tests {
         );
         let mut moved = Subject::default();
         let mut got = Vec::new();
+        let mut digests = Vec::new();
         for f in &first {
             moved.observe(&here, f, &track, cfg, &mut got);
+            digests.push(moved.fingerprint());
         }
+        // The first fix at the door starts the stop and a visit; the next
+        // two change neither (only their newest fix).
+        assert_ne!(digests[0], Subject::default().fingerprint());
+        assert_eq!(digests[1], digests[2]);
         let text = serde_json::to_string(
             &moved.export(|id| (id == FenceId(1)).then(|| "door".to_owned())),
         )

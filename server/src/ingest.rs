@@ -86,6 +86,7 @@ pub async fn run(app: &App, ws: &mut Socket, auth: Result<Principal, AuthError>)
 
     let mut session = Session {
         app,
+        carried: None,
         principal,
         device,
         slot: &slot,
@@ -110,8 +111,15 @@ fn report(app: &App, tenant: &TenantId, device: &DeviceId, connected: bool) {
     }
 }
 
+/// How often a driver's tracking state goes to the other nodes when
+/// nothing that decides its events changed (see `Tenant::carry`).
+const CARRY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct Session<'a> {
     app: &'a App,
+    /// When this driver's tracking state last went to the other nodes, and
+    /// the digest of its detector then.
+    carried: Option<(Instant, Option<u64>)>,
     principal: Principal,
     device: DeviceId,
     slot: &'a Mutex<DeviceLive>,
@@ -346,16 +354,24 @@ impl Session<'_> {
         self.app
             .bus
             .acked(&self.principal.tenant, &self.device, ack);
-        // Another node could take the driver up from here.
-        if self.app.bus.shared()
-            && let Some(state) = self
+        // Another node could take the driver up from here: its state goes
+        // along whenever what decides its events changed, and every few
+        // seconds besides (its newest fix, speed and heading).
+        if self.app.bus.shared() {
+            let due = self
+                .carried
+                .is_none_or(|(at, _)| at.elapsed() >= CARRY_EVERY);
+            let told = self.carried.and_then(|(_, digest)| digest);
+            if let Some((state, digest)) = self
                 .app
                 .tenant(&self.principal.tenant)
-                .and_then(|t| t.carry(&self.principal.sub))
-        {
-            self.app
-                .bus
-                .carry(&self.principal.tenant, &self.principal.sub, &state);
+                .and_then(|t| t.carry(&self.principal.sub, due, told))
+            {
+                self.app
+                    .bus
+                    .carry(&self.principal.tenant, &self.principal.sub, &state);
+                self.carried = Some((Instant::now(), digest));
+            }
         }
         m.acks_sent.inc();
         Next::Continue

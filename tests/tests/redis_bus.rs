@@ -558,16 +558,18 @@ async fn a_stop_begun_on_one_node_and_finished_on_another_is_an_arrival() {
         send_json(&mut drv, &at(&mut seq, 0.0, 0.0)).await;
         until_ack(&mut drv).await;
     }
-    // What A knows of the driver reaches Redis with the ack; then A dies.
-    let last_ts = (t0 + i64::try_from(seq).unwrap() * 1000).to_string();
+    // What A knows of the driver's stop (since when it is slow) reaches
+    // Redis with the ack that changed it; then A dies.
+    let slow_since = format!("\"slow_since\":{}", t0 + 5000);
     assert!(
         eventually(Duration::from_secs(5), async || {
             redis
                 .cli(&["GET", "rxtrack:acme:driver:d1:carried"])
-                .contains(&last_ts)
+                .contains(&slow_since)
         })
         .await,
-        "the driver's tracking state never reached Redis"
+        "the driver's tracking state never reached Redis: {}",
+        redis.cli(&["GET", "rxtrack:acme:driver:d1:carried"])
     );
     assert_eq!(
         a.get("/v1/deliveries/rx-1", &disp).await.1["status"],

@@ -190,6 +190,15 @@ impl Tracker {
         (detector.is_some() || live.is_some()).then_some(Carried { detector, live })
     }
 
+    /// The digest of the driver's detector state that decides events (see
+    /// `geofence::Subject::fingerprint`).
+    #[must_use]
+    pub fn fingerprint(&self, driver: &SubjectId) -> Option<u64> {
+        self.detectors
+            .get(driver)
+            .map(geofence::Subject::fingerprint)
+    }
+
     /// Takes up what another node carried of `driver`, unless this node
     /// saw the driver as recently; whether it did. Fences of deliveries no
     /// longer active here are dropped.

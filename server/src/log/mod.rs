@@ -13,7 +13,6 @@
 
 pub mod crypto;
 pub mod event;
-mod lease;
 pub mod pg;
 mod recover;
 mod schema;
@@ -76,20 +75,6 @@ pub trait EventLog: Send + Sync + fmt::Debug {
     fn healthy(&self) -> bool;
     /// Writes what is queued and stops.
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
-    /// Takes this node's turn at writing the tenant's chain when several
-    /// nodes share it; `true` if it was not this node's already (what the
-    /// others wrote must then be read before deciding). One node: always
-    /// its turn.
-    fn lease(
-        &self,
-        _tenant: &TenantId,
-    ) -> Pin<Box<dyn Future<Output = Result<bool, StoreError>> + Send + '_>> {
-        Box::pin(async { Ok(false) })
-    }
-    /// Whether this node holds the tenant's turn now.
-    fn holds(&self, _tenant: &TenantId) -> bool {
-        true
-    }
 }
 
 impl EventLog for Store {

@@ -70,8 +70,6 @@ pub struct PgLog {
     /// The listening connection answers (probed every second).
     reachable: Arc<AtomicBool>,
     changes: Mutex<Option<mpsc::UnboundedReceiver<TenantId>>>,
-    /// Turns at writing each tenant's chain.
-    leases: Arc<super::lease::Leases>,
 }
 
 impl std::fmt::Debug for PgLog {
@@ -138,7 +136,6 @@ impl PgLog {
         tokio::spawn(writer(pool.clone(), rx, heads.clone(), healthy.clone()));
         let (ch_tx, ch_rx) = mpsc::unbounded_channel();
         let reachable = Arc::new(AtomicBool::new(true));
-        let leases = super::lease::Leases::start(pg.clone());
         tokio::spawn(listen(
             pg,
             tenants,
@@ -153,7 +150,6 @@ impl PgLog {
             healthy,
             reachable,
             changes: Mutex::new(Some(ch_rx)),
-            leases,
         })
     }
 
@@ -320,18 +316,6 @@ impl EventLog for PgLog {
 
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async {})
-    }
-
-    fn lease(
-        &self,
-        tenant: &TenantId,
-    ) -> Pin<Box<dyn Future<Output = Result<bool, StoreError>> + Send + '_>> {
-        let tenant = tenant.as_str().to_owned();
-        Box::pin(async move { self.leases.take(&tenant).await })
-    }
-
-    fn holds(&self, tenant: &TenantId) -> bool {
-        self.leases.holds(tenant.as_str())
     }
 }
 

@@ -63,10 +63,6 @@ enum Outcome<T> {
     Done(T),
     /// Nothing to append, but events are in flight: wait for this ticket.
     Wait(u64),
-    /// Something to append, but this node does not hold the tenant's
-    /// lease (several nodes): nothing was chained; take it, read what the
-    /// others wrote, and decide again.
-    Lease,
 }
 
 /// A chained event waiting to be durable.
@@ -223,16 +219,6 @@ impl Tenant {
         loop {
             let mut resolved = self.resolved.subscribe();
             let outcome = match self.commit(&mut decide, true).await {
-                Ok(Outcome::Lease) => {
-                    // Each turn taken is a lost race spared; a node that
-                    // keeps losing its turn gives up as one losing races.
-                    lost += 1;
-                    if lost > MAX_RETRIES {
-                        return Err(CommitError::Contended(lost - 1));
-                    }
-                    self.take_lease().await?;
-                    continue;
-                }
                 Err(CommitError::Conflict(_)) => {
                     // Another node extended the chain first: read what it
                     // wrote, then decide again against it.
@@ -247,7 +233,6 @@ impl Tenant {
             };
             match outcome {
                 Outcome::Done(v) => return Ok(v),
-                Outcome::Lease => {}
                 Outcome::Wait(ticket) => {
                     while self.lock().in_flight.iter().any(|f| f.ticket <= ticket) {
                         if resolved.changed().await.is_err() {
@@ -283,9 +268,6 @@ impl Tenant {
                     Some(last) if wait => Outcome::Wait(last.ticket),
                     _ => Outcome::Done(value),
                 });
-            }
-            if !self.log.holds(&self.id) {
-                return Ok(Outcome::Lease);
             }
             let (seq, hash) = inner.chain.head();
             let (seq, hash) = (seq, hash.to_owned());
@@ -597,16 +579,13 @@ impl Tenant {
                 false,
             )
             .await;
-        match done {
-            Err(CommitError::Conflict(_)) | Ok(Outcome::Lease) => {}
-            other => return other.map(|_| ()),
+        if !matches!(done, Err(CommitError::Conflict(_))) {
+            return done.map(|_| ());
         }
-        // Another node wrote first, or holds the tenant's lease: read what
-        // the others wrote, and chain again the visits this batch found
-        // that are still new against it (the detector has moved on; the
-        // fixes are not fed twice).
+        // Another node wrote first: read what won, and chain again the
+        // visits this batch found that are still new against it (the
+        // detector has moved on; the fixes are not fed twice).
         for _ in 0..MAX_RETRIES {
-            self.take_lease().await?;
             self.catch_up().await?;
             let again = self
                 .commit(
@@ -621,26 +600,11 @@ impl Tenant {
                     false,
                 )
                 .await;
-            match again {
-                Err(CommitError::Conflict(_)) | Ok(Outcome::Lease) => {}
-                other => return other.map(|_| ()),
+            if !matches!(again, Err(CommitError::Conflict(_))) {
+                return again.map(|_| ());
             }
         }
         Err(CommitError::Contended(MAX_RETRIES))
-    }
-
-    /// Takes this node's turn at writing the tenant's chain (several
-    /// nodes); when it was another node's, reads what that node wrote.
-    async fn take_lease(&self) -> Result<(), CommitError> {
-        let fresh = self
-            .log
-            .lease(&self.id)
-            .await
-            .map_err(|e| CommitError::Log(e.to_string()))?;
-        if fresh {
-            self.catch_up().await?;
-        }
-        Ok(())
     }
 
     /// Opens a tracking link: records `link.opened` durably, then returns
@@ -679,10 +643,24 @@ impl Tenant {
         Ok(Some((text, Some(rx), id)))
     }
 
-    /// What another node needs to carry on tracking `driver`.
+    /// What another node needs to carry on tracking `driver`, with the
+    /// digest of its detector: when `due`, or when the digest moved from
+    /// `told` (the state that decides events changed).
     #[must_use]
-    pub fn carry(&self, driver: &SubjectId) -> Option<crate::domain::tracker::Carried> {
-        self.read(|_, t| t.carry(driver))
+    pub fn carry(
+        &self,
+        driver: &SubjectId,
+        due: bool,
+        told: Option<u64>,
+    ) -> Option<(crate::domain::tracker::Carried, Option<u64>)> {
+        self.read(|_, t| {
+            let digest = t.fingerprint(driver);
+            if due || digest != told {
+                t.carry(driver).map(|c| (c, digest))
+            } else {
+                None
+            }
+        })
     }
 
     /// Takes up what another node carried of `driver` (unless this node

@@ -118,27 +118,31 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 ";
 
+/// A command, built in place (no copy of it after).
+macro_rules! command {
+    ($name:expr $(, $arg:expr)*) => {{
+        let mut c = redis::cmd($name);
+        $(c.arg($arg);)*
+        c
+    }};
+}
+
 /// Sends a batch: pipelined to one Redis; to a cluster, each command to its
 /// shard (keys first, so a cell is in the set before it is told of).
 async fn send_batch(conn: &mut Conn, batch: &mut Vec<Out>) -> redis::RedisResult<()> {
     let cluster = matches!(conn, Conn::Cluster(_));
     let publish = if cluster { "SPUBLISH" } else { "PUBLISH" };
-    let mut keys = Vec::new();
+    let mut keys: Vec<redis::Cmd> = Vec::new();
     let mut set_at: HashMap<String, usize> = HashMap::new();
-    let mut messages = Vec::new();
+    let mut messages: Vec<redis::Cmd> = Vec::new();
     for out in batch.drain(..) {
         match out {
             Out::Publish(channel, text) => {
-                messages.push(redis::cmd(publish).arg(channel).arg(text).to_owned());
+                messages.push(command!(publish, channel, text));
             }
             Out::Set { key, value, ttl } => {
                 // The newest value of a key in this batch replaces the older.
-                let cmd = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(value)
-                    .arg("EX")
-                    .arg(ttl)
-                    .to_owned();
+                let cmd = command!("SET", &key, value, "EX", ttl);
                 if let Some(&i) = set_at.get(&key) {
                     keys[i] = cmd;
                 } else {
@@ -152,17 +156,17 @@ async fn send_batch(conn: &mut Conn, batch: &mut Vec<Out>) -> redis::RedisResult
                 value,
                 only_if,
             } => {
-                keys.push(
-                    redis::cmd("EVAL")
-                        .arg(REPORT_DEVICE)
-                        .arg(1)
-                        .arg(key)
-                        .arg(device)
-                        .arg(value)
-                        .arg(only_if.unwrap_or_default())
-                        .arg(DEVICES_TTL_S)
-                        .to_owned(),
-                );
+                let only_if = only_if.unwrap_or_default();
+                keys.push(command!(
+                    "EVAL",
+                    REPORT_DEVICE,
+                    1,
+                    key,
+                    device,
+                    value,
+                    only_if,
+                    DEVICES_TTL_S
+                ));
             }
             Out::Cell {
                 key,
@@ -170,16 +174,16 @@ async fn send_batch(conn: &mut Conn, batch: &mut Vec<Out>) -> redis::RedisResult
                 notice,
                 text,
             } => {
-                keys.push(redis::cmd("SADD").arg(&key).arg(cell).to_owned());
-                keys.push(redis::cmd("EXPIRE").arg(key).arg(CELLS_TTL_S).to_owned());
-                messages.push(redis::cmd(publish).arg(notice).arg(text).to_owned());
+                keys.push(command!("SADD", &key, cell));
+                keys.push(command!("EXPIRE", key, CELLS_TTL_S));
+                messages.push(command!(publish, notice, text));
             }
         }
     }
     if !cluster {
         let mut pipe = redis::pipe();
-        for c in keys.iter().chain(&messages) {
-            pipe.add_command(c.clone()).ignore();
+        for c in keys.into_iter().chain(messages) {
+            pipe.add_command(c).ignore();
         }
         return pipe.query_async::<()>(conn).await;
     }

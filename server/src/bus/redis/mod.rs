@@ -43,8 +43,9 @@ mod wire;
 
 use link::{Conn, Engine, cluster_builder, cluster_subscriber, publisher, subscriber, timed_out};
 use wire::{
-    After, CURSOR_TTL_S, Interest, Out, Topic, Wire, carried_key, cell_channel, cells_key,
-    cells_notice, channel_cell, cursor_key, devices_key, parse_channel_cell, patient_channel,
+    After, CURSOR_TTL_S, Interest, Out, PositionRef, Topic, Wire, carried_key, cell_channel,
+    cells_key, cells_notice, channel_cell, cursor_key, devices_key, parse_channel_cell,
+    patient_channel,
 };
 
 use super::hub::Viewport;
@@ -464,15 +465,17 @@ impl Bus for RedisBus {
         // The position also goes on the cell's own channel: nodes that
         // already watch the cell heard nothing new on the news channel.
         self.announce(tenant, cell, driver, fix);
-        self.send(
-            cell_channel(tenant, cell),
-            &Wire::Position {
-                n: self.node.clone(),
-                t: tenant.clone(),
-                d: driver.clone(),
-                f: *fix,
-            },
-        );
+        let msg = PositionRef {
+            n: &self.node,
+            t: tenant,
+            d: driver,
+            f: fix,
+        };
+        if let Ok(text) = serde_json::to_string(&msg) {
+            let _ = self
+                .out
+                .try_send(Out::Publish(cell_channel(tenant, cell), text));
+        }
     }
 
     fn event(&self, tenant: &TenantId, event: &Event) {
@@ -745,6 +748,23 @@ mod tests {
         ] {
             bus.receive(text);
         }
+        // What this node writes per fix reads back as a position.
+        let fix: Fix = serde_json::from_str(
+            r#"{"seq":1,"ts":0,"pos":{"lat":60.0,"lng":24.0},"acc":null,"speed":null,"heading":null}"#,
+        )
+        .unwrap();
+        let d = SubjectId::parse("d1").unwrap();
+        let text = serde_json::to_string(&PositionRef {
+            n: "x",
+            t: &t,
+            d: &d,
+            f: &fix,
+        })
+        .unwrap();
+        assert!(matches!(
+            serde_json::from_str::<Wire>(&text),
+            Ok(Wire::Position { n, .. }) if n == "x"
+        ));
         let feed = bus.local.subscribe_dispatcher(&t).unwrap();
         let frame = feed.positions.positions_since(0, None, "drivers");
         assert!(frame.text.is_none(), "nothing was placed on the map");

@@ -177,6 +177,17 @@ pub(super) enum Wire {
     },
 }
 
+/// A [`Wire::Position`] as it is written, without copying its parts (one
+/// per fix).
+#[derive(Serialize)]
+#[serde(tag = "k", rename = "position")]
+pub(super) struct PositionRef<'a> {
+    pub n: &'a str,
+    pub t: &'a TenantId,
+    pub d: &'a SubjectId,
+    pub f: &'a Fix,
+}
+
 impl Wire {
     pub(super) fn sender(&self) -> &str {
         match self {
