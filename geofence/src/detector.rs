@@ -466,6 +466,42 @@ pub struct Portable<K> {
     fences: Vec<(K, Proximity)>,
 }
 
+impl<K> Portable<K> {
+    /// Whether a state read from elsewhere is one this detector could have
+    /// made by `now_ms` (give or take `skew_ms` between clocks): no time
+    /// after it or before the epoch, counts and sums in range. One that is
+    /// not would blind the detector (a newest fix in the future makes every
+    /// fix stale) or overflow its arithmetic.
+    #[must_use]
+    pub fn is_plausible(&self, now_ms: i64, skew_ms: i64) -> bool {
+        let latest = now_ms.saturating_add(skew_ms);
+        let time = |t: i64| (0..=latest).contains(&t);
+        let track = self.track.newest_ts.is_none_or(time)
+            && self.track.last_trusted.is_none_or(|f| time(f.ts_ms))
+            && self.track.outliers_in_row <= 1_000;
+        let motion = self.motion.slow_since.is_none_or(time)
+            && self.motion.still.is_none_or(|s| {
+                time(s.since)
+                    && s.n.is_finite()
+                    && (0.0..=1e9).contains(&s.n)
+                    && s.sum.0.is_finite()
+                    && s.sum.1.is_finite()
+            });
+        let fences = self.fences.iter().all(|(_, p)| match p.state {
+            State::Outside | State::Passing => true,
+            State::Entering { fixes, since } => fixes <= 1_000_000 && time(since),
+            State::Inside { since, .. } => time(since),
+            State::Exiting {
+                fixes,
+                since,
+                inside_since,
+                ..
+            } => fixes <= 1_000_000 && time(since) && time(inside_since),
+        });
+        track && motion && fences
+    }
+}
+
 impl Subject {
     /// A digest of the part of the state that decides events: whether
     /// the subject has stopped or is slowing, and where it stands at each

@@ -94,7 +94,11 @@ pub async fn run(app: &App, ws: &mut Socket, auth: Result<Principal, AuthError>)
     let end = session.serve(ws, &mut kick_rx).await;
     app.bus
         .close_session(&session.principal.tenant, &session.device, session_id);
-    report(app, &session.principal.tenant, &session.device, false);
+    // Still connected if a newer session of the device is here.
+    let connected = app
+        .bus
+        .connected(&session.principal.tenant, &session.device);
+    report(app, &session.principal.tenant, &session.device, connected);
     tracing::debug!(session = session_id, "driver disconnected");
     end.map(|(code, reason)| (code, reason.into()))
 }

@@ -93,6 +93,11 @@ fn cli(port: u16, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("redis-cli is not installed: apt-get install redis-server (.ci/run does)");
+    assert!(
+        out.status.success(),
+        "redis-cli {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

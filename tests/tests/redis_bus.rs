@@ -63,15 +63,36 @@ async fn positions_and_eta_windows_reach_the_other_node() {
         window["from"].is_string() || window["from"].is_number(),
         "{window}"
     );
-    let frame = next_of(&mut map, "drivers").await.expect("positions on B");
+    // B's map shows the driver, and the estimate node A computes from the
+    // fixes: a delivery message with its window (the driver is on A; B
+    // has no estimate of its own).
+    let (mut frame, mut estimate) = (Value::Null, Value::Null);
+    for _ in 0..300 {
+        match tokio::time::timeout(Duration::from_millis(100), next(&mut map, 1)).await {
+            Ok(Got::Json(v)) if v["type"] == "drivers" => frame = v,
+            Ok(Got::Json(v))
+                if v["type"] == "delivery" && v["id"] == "rx-1" && !v["eta"].is_null() =>
+            {
+                estimate = v;
+            }
+            Ok(Got::Closed(c)) => panic!("closed with {c:?}"),
+            _ => {}
+        }
+        if !frame.is_null() && !estimate.is_null() {
+            break;
+        }
+    }
     assert!(
         frame["drivers"]
             .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["driver_id"] == "d1"),
+            .is_some_and(|d| d.iter().any(|d| d["driver_id"] == "d1")),
         "{frame}"
     );
+    assert!(
+        !estimate.is_null(),
+        "B's dispatcher never got the estimate node A computes"
+    );
+    assert!(estimate["eta_at"].is_number(), "{estimate}");
     // What the patient sees never carries a position.
     assert!(first.get("lat").is_none() && window.get("lat").is_none());
 }

@@ -104,6 +104,12 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn position(&self, tenant: &TenantId, driver: &SubjectId, fix: &Fix);
     fn event(&self, tenant: &TenantId, event: &Event);
     fn delivery(&self, tenant: &TenantId, change: &DeliveryChange);
+    /// A delivery's estimate moved with its driver's fixes (no event):
+    /// known only to the node holding the driver, which tells the others'
+    /// dispatchers too.
+    fn estimate(&self, tenant: &TenantId, change: &DeliveryChange) {
+        self.delivery(tenant, change);
+    }
     fn patient(&self, tenant: &TenantId, id: &DeliveryId, view: &PatientSnapshot);
     fn close_patient(&self, tenant: &TenantId, id: &DeliveryId);
     fn subscribe_dispatcher(&self, tenant: &TenantId) -> Option<DispatcherFeed>;
@@ -247,6 +253,11 @@ impl LocalBus {
                 tx.send_replace(text());
             }
         }
+    }
+
+    /// Hands an encoded delivery message to the tenant's dispatchers here.
+    pub fn delivery_text(&self, tenant: &TenantId, text: &Utf8Bytes) {
+        self.offer(tenant, text);
     }
 
     /// Closes every dispatcher socket of this node (4410): they come back

@@ -80,6 +80,11 @@ impl LiveCarried {
     pub(crate) fn seen(&self) -> UnixMillis {
         self.seen
     }
+
+    /// Never seen later than `now`.
+    pub(crate) fn clamp_seen(&mut self, now: UnixMillis) {
+        self.seen = self.seen.min(now);
+    }
 }
 
 /// A driver's plan is searched for at most this often, ms, unless its

@@ -468,10 +468,28 @@ mod tests {
         // What another node carries on from: taken up where the driver was
         // not seen as recently, never over fresher state of its own.
         let carried = tracker.carry(&driver.sub).unwrap();
-        assert!(!tracker.resume(&driver.sub, carried.clone()));
+        assert!(!tracker.resume(&driver.sub, carried.clone(), UnixMillis(T0 + ms)));
         let text = serde_json::to_string(&carried).unwrap();
         let mut other = Tracker::default();
-        assert!(other.resume(&driver.sub, serde_json::from_str(&text).unwrap()));
+        assert!(other.resume(
+            &driver.sub,
+            serde_json::from_str(&text).unwrap(),
+            UnixMillis(T0 + ms)
+        ));
+        // A detector from the future is not taken up (it would blind this
+        // one): the position is, the detector starts afresh.
+        let mut future = serde_json::to_value(&carried).unwrap();
+        future["detector"]["track"]["newest_ts"] = serde_json::json!(T0 + ms + 3_600_000);
+        let mut third = Tracker::default();
+        assert!(third.resume(
+            &driver.sub,
+            serde_json::from_value(future).unwrap(),
+            UnixMillis(T0 + ms)
+        ));
+        assert_eq!(
+            serde_json::to_value(third.carry(&driver.sub).unwrap()).unwrap()["detector"],
+            serde_json::Value::Null
+        );
         assert!(other.has_live(&driver.sub, UnixMillis(T0 + ms)));
         // The other node has no such delivery: the fences are dropped.
         let back = serde_json::to_value(other.carry(&driver.sub).unwrap()).unwrap();

@@ -36,6 +36,9 @@ pub struct Track {
     pub snapshot: PatientSnapshot,
 }
 
+/// How far another node's clock may run ahead of this one's.
+const CLOCK_SKEW_MS: i64 = 60_000;
+
 /// A driver's tracking as another node carries it on: the proximity
 /// detector (each fence named by a delivery and stop it serves) and the
 /// live position and speed.
@@ -202,7 +205,20 @@ impl Tracker {
     /// Takes up what another node carried of `driver`, unless this node
     /// saw the driver as recently; whether it did. Fences of deliveries no
     /// longer active here are dropped.
-    pub fn resume(&mut self, driver: &SubjectId, carried: Carried) -> bool {
+    pub fn resume(&mut self, driver: &SubjectId, mut carried: Carried, now: UnixMillis) -> bool {
+        // What another node kept is checked like anything it sends: a
+        // detector it could not have made by now is not taken up, and a
+        // last sighting is never later than now.
+        if carried
+            .detector
+            .as_ref()
+            .is_some_and(|d| !d.is_plausible(now.0, CLOCK_SKEW_MS))
+        {
+            carried.detector = None;
+        }
+        if let Some(l) = carried.live.as_mut() {
+            l.clamp_seen(now);
+        }
         let theirs = carried.live.as_ref().map(LiveCarried::seen);
         let ours = self.live.get(driver).map(|l| l.seen);
         if ours.is_some() && (theirs.is_none() || ours >= theirs) {

@@ -449,8 +449,23 @@ impl Tenant {
         }
     }
 
+    /// Tells dispatchers where a delivery stands. Its estimate is known to
+    /// the node holding its driver's fixes only: with several nodes, that
+    /// node tells every node's dispatchers.
     fn publish_delivery(&self, inner: &Inner, id: &DeliveryId) {
-        if let Some(change) = delivery_change(&inner.visible, &inner.tracker, id) {
+        let Some(change) = delivery_change(&inner.visible, &inner.tracker, id) else {
+            return;
+        };
+        let holds_driver = self.bus.shared()
+            && inner.visible.delivery(id).is_some_and(|d| {
+                d.status.is_moving()
+                    && d.driver
+                        .as_ref()
+                        .is_some_and(|drv| inner.tracker.has_live(drv, crate::clock::now()))
+            });
+        if holds_driver {
+            self.bus.estimate(&self.id, &change);
+        } else {
             self.bus.delivery(&self.id, &change);
         }
     }
@@ -666,7 +681,9 @@ impl Tenant {
     /// Takes up what another node carried of `driver` (unless this node
     /// saw the driver as recently); whether it did.
     pub fn resume(&self, driver: &SubjectId, carried: crate::domain::tracker::Carried) -> bool {
-        self.lock().tracker.resume(driver, carried)
+        self.lock()
+            .tracker
+            .resume(driver, carried, crate::clock::now())
     }
 
     /// Whether a tracking link is still valid (for open sockets).

@@ -404,19 +404,10 @@ pub(super) async fn cluster_subscriber(
             }
             push = pushes.recv() => {
                 let Some(push) = push else { return };
-                match push.kind {
-                    redis::PushKind::SMessage | redis::PushKind::Message => {
-                        let Some(b) = bus.upgrade() else { return };
-                        if let Some(Ok(text)) = push.data.last().map(redis::from_redis_value::<String>) {
-                            b.receive(&text);
-                        }
-                    }
-                    redis::PushKind::Disconnection => {
-                        tracing::warn!("lost a Redis cluster connection; resubscribing");
-                        up.store(false, Ordering::Release);
-                        gap = true;
-                    }
-                    _ => {}
+                let Some(b) = bus.upgrade() else { return };
+                if on_push(&b, &push) {
+                    up.store(false, Ordering::Release);
+                    gap = true;
                 }
             }
             ch = new.recv() => {
@@ -433,6 +424,37 @@ pub(super) async fn cluster_subscriber(
                 }
             }
         }
+    }
+}
+
+/// Handles what the cluster pushed; `true`: the subscriptions have a gap.
+fn on_push(b: &RedisBus, push: &redis::PushInfo) -> bool {
+    match push.kind {
+        redis::PushKind::SMessage | redis::PushKind::Message => {
+            if let Some(Ok(text)) = push.data.last().map(redis::from_redis_value::<String>) {
+                b.receive(&text);
+            }
+            false
+        }
+        // The server dropped a sharded subscription itself (its slot moved,
+        // or its primary became a replica): a gap if this node still wants
+        // the channel.
+        redis::PushKind::SUnsubscribe => {
+            let channel = push
+                .data
+                .first()
+                .and_then(|v| redis::from_redis_value::<String>(v).ok());
+            let gap = channel.is_some_and(|c| b.wanted_channels().contains(&c));
+            if gap {
+                tracing::warn!("Redis dropped a sharded subscription; resubscribing");
+            }
+            gap
+        }
+        redis::PushKind::Disconnection => {
+            tracing::warn!("lost a Redis cluster connection; resubscribing");
+            true
+        }
+        _ => false,
     }
 }
 

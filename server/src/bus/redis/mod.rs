@@ -44,8 +44,8 @@ mod wire;
 use link::{Conn, Engine, cluster_builder, cluster_subscriber, publisher, subscriber, timed_out};
 use wire::{
     After, CURSOR_TTL_S, Interest, Out, PositionRef, Topic, Wire, carried_key, cell_channel,
-    cells_key, cells_notice, channel_cell, cursor_key, devices_key, parse_channel_cell,
-    patient_channel,
+    cells_key, cells_notice, channel_cell, cursor_key, deliveries_channel, devices_key,
+    parse_channel_cell, patient_channel,
 };
 
 use super::hub::Viewport;
@@ -71,6 +71,13 @@ const PROBE: Duration = Duration::from_secs(1);
 /// Messages waiting for Redis before new ones are dropped (pub/sub keeps
 /// nothing for the absent either; a resync follows a gap).
 const QUEUE: usize = 65_536;
+/// How long a driver's carried tracking (its precise last fix among it)
+/// is kept: long enough for a reconnect to another node, no longer.
+const CARRIED_TTL_S: u64 = 600;
+/// How long an estimate told by another node stands in for this node's
+/// own, and how many are kept.
+const ESTIMATE_HOLDS: Duration = Duration::from_secs(120);
+const MAX_ESTIMATES: usize = 100_000;
 /// How often a node tells again of a cell it publishes positions in.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(600);
 
@@ -94,6 +101,9 @@ pub struct RedisBus {
     wanted: Arc<Mutex<HashMap<String, Topic>>>,
     /// What each dispatcher socket of this node watches, by its token.
     views: Mutex<HashMap<usize, View>>,
+    /// The newest estimate (window, estimate) another node told of each
+    /// delivery on its way, for this node's own delivery messages.
+    estimates: Mutex<HashMap<(TenantId, DeliveryId), (serde_json::Value, Instant)>>,
     /// Cells this node told of, and when.
     announced: Arc<Mutex<HashMap<TenantId, HashMap<CellIndex, Instant>>>>,
     /// Whether the subscription and the publishing connection are up.
@@ -148,6 +158,7 @@ impl RedisBus {
             subscribe,
             wanted,
             views: Mutex::default(),
+            estimates: Mutex::default(),
             announced: Arc::default(),
             up: Arc::new(AtomicBool::new(false)),
             publishing: Arc::new(AtomicBool::new(false)),
@@ -204,8 +215,12 @@ impl RedisBus {
         Ok(c)
     }
 
-    /// Runs a query with a deadline; an error forgets the connection.
+    /// Runs a query with a deadline (none while Redis is known to be
+    /// down); an error forgets the connection.
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        if !self.publishing.load(Ordering::Acquire) {
+            return Err(timed_out());
+        }
         let run = async {
             let mut conn = self.conn().await?;
             cmd.query_async::<T>(&mut conn).await
@@ -237,18 +252,25 @@ impl RedisBus {
 
     /// Records what a dispatcher socket watches, and subscribes to it.
     fn watch(&self, tenant: &TenantId, token: &Arc<()>, interest: Interest) {
+        let mut channels = vec![(
+            deliveries_channel(tenant),
+            Topic::Deliveries(tenant.clone()),
+            None,
+        )];
         match &interest {
-            Interest::All => self.want(
+            Interest::All => channels.push((
                 cells_notice(tenant),
                 Topic::Notice(tenant.clone()),
                 Some(After::LoadCells(tenant.clone())),
+            )),
+            Interest::Cells(cells) => channels.extend(
+                cells
+                    .iter()
+                    .map(|&c| (cell_channel(tenant, c), Topic::Cell(tenant.clone()), None)),
             ),
-            Interest::Cells(cells) => {
-                for &c in cells {
-                    self.want(cell_channel(tenant, c), Topic::Cell(tenant.clone()), None);
-                }
-            }
         }
+        // The view first: a prune running meanwhile then keeps (or takes
+        // back) what it needs.
         self.views
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -256,15 +278,25 @@ impl RedisBus {
                 Arc::as_ptr(token) as usize,
                 (tenant.clone(), Arc::downgrade(token), interest),
             );
+        for (channel, topic, then) in channels {
+            self.want(channel, topic, then);
+        }
     }
 
     /// The tenants with a dispatcher here watching the whole map, and the
     /// cell channels the others watch (forgetting closed sockets).
     fn interests(&self) -> (HashSet<TenantId>, HashSet<String>) {
+        let (all, cells, _) = self.interests_by_tenant();
+        (all, cells)
+    }
+
+    /// The same, and every tenant with a dispatcher here at all.
+    fn interests_by_tenant(&self) -> (HashSet<TenantId>, HashSet<String>, HashSet<TenantId>) {
         let mut views = self.views.lock().unwrap_or_else(PoisonError::into_inner);
         views.retain(|_, (_, token, _)| token.strong_count() > 0);
         let mut all = HashSet::new();
         let mut cells = HashSet::new();
+        let any: HashSet<TenantId> = views.values().map(|(t, _, _)| t.clone()).collect();
         for (t, _, interest) in views.values() {
             match interest {
                 Interest::All => {
@@ -273,7 +305,7 @@ impl RedisBus {
                 Interest::Cells(set) => cells.extend(set.iter().map(|&c| cell_channel(t, c))),
             }
         }
-        (all, cells)
+        (all, cells, any)
     }
 
     /// Subscribes to every cell the tenant's drivers were seen in lately,
@@ -306,28 +338,52 @@ impl RedisBus {
     /// Channels this node subscribed to that nobody here watches any
     /// more; forgotten here (the caller unsubscribes).
     fn stale_channels(&self) -> Vec<String> {
+        let stale = {
+            let needed = self.needed();
+            let mut wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
+            let stale: Vec<(String, Topic)> = wanted
+                .iter()
+                .filter(|(c, topic)| !needed(c, topic))
+                .map(|(c, t)| (c.clone(), t.clone()))
+                .collect();
+            for (c, _) in &stale {
+                wanted.remove(c);
+            }
+            stale
+        };
+        // A socket that began watching one of them meanwhile found it
+        // still wanted and asked for nothing: it is kept.
+        let needed = self.needed();
+        let mut wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
+        stale
+            .into_iter()
+            .filter_map(|(c, topic)| {
+                if needed(&c, &topic) {
+                    wanted.insert(c, topic);
+                    None
+                } else {
+                    Some(c)
+                }
+            })
+            .collect()
+    }
+
+    /// Whether this node's sockets need a channel now.
+    fn needed(&self) -> impl Fn(&str, &Topic) -> bool + use<> {
         let watched: HashSet<String> = self
             .local
             .watched_deliveries()
             .iter()
             .map(|(t, d)| patient_channel(t, d))
             .collect();
-        let (all, cells) = self.interests();
-        let mut wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
-        let stale: Vec<String> = wanted
-            .iter()
-            .filter(|(c, topic)| match topic {
-                Topic::Fixed => false,
-                Topic::Patient => !watched.contains(*c),
-                Topic::Cell(t) => !all.contains(t) && !cells.contains(*c),
-                Topic::Notice(t) => !all.contains(t),
-            })
-            .map(|(c, _)| c.clone())
-            .collect();
-        for c in &stale {
-            wanted.remove(c);
+        let (all, cells, any) = self.interests_by_tenant();
+        move |c, topic| match topic {
+            Topic::Fixed => true,
+            Topic::Patient => watched.contains(c),
+            Topic::Cell(t) => all.contains(t) || cells.contains(c),
+            Topic::Notice(t) => all.contains(t),
+            Topic::Deliveries(t) => any.contains(t),
         }
-        stale
     }
 
     fn wanted_channels(&self) -> Vec<String> {
@@ -362,6 +418,17 @@ impl RedisBus {
                 self.local.kick_device(&t, &d, why);
             }
             Wire::Resync { want, .. } => self.republish(want.as_ref()),
+            Wire::Delivery { t, v, .. } => {
+                // Only a delivery message with a valid id goes to sockets.
+                let m: serde_json::Value = serde_json::from_str(&v).unwrap_or_default();
+                let id = m["id"].as_str().and_then(|id| DeliveryId::parse(id).ok());
+                let Some(id) = id.filter(|_| m["type"] == "delivery") else {
+                    tracing::warn!("an unreadable delivery message on the bus; ignored");
+                    return;
+                };
+                self.remember_estimate(&t, id, &m);
+                self.local.delivery_text(&t, &Utf8Bytes::from(v));
+            }
             Wire::Cell { t, c, d, f, .. } => {
                 if let Some(cell) = parse_channel_cell(&c)
                     && self.interests().0.contains(&t)
@@ -370,6 +437,27 @@ impl RedisBus {
                     self.want(cell_channel(&t, cell), Topic::Cell(t), None);
                 }
             }
+        }
+    }
+
+    /// Keeps the estimate another node told of a delivery (forgotten
+    /// once it has none, and after [`ESTIMATE_HOLDS`]).
+    fn remember_estimate(&self, t: &TenantId, id: DeliveryId, m: &serde_json::Value) {
+        let mut map = self
+            .estimates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key = (t.clone(), id);
+        if m["eta"].is_null() {
+            map.remove(&key);
+            return;
+        }
+        if map.len() >= MAX_ESTIMATES {
+            map.retain(|_, (_, at)| at.elapsed() < ESTIMATE_HOLDS);
+        }
+        if map.len() < MAX_ESTIMATES {
+            let e = serde_json::json!({"eta": m["eta"], "eta_at": m["eta_at"]});
+            map.insert(key, (e, Instant::now()));
         }
     }
 
@@ -483,7 +571,41 @@ impl Bus for RedisBus {
     }
 
     fn delivery(&self, tenant: &TenantId, change: &DeliveryChange) {
+        // A delivery on its way whose driver is on another node: this node
+        // has no estimate of its own; the driver's node told the last one.
+        if change.eta.is_none() && change.status.is_moving() {
+            let known = self
+                .estimates
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&(tenant.clone(), change.id.clone()))
+                .filter(|(_, at)| at.elapsed() < ESTIMATE_HOLDS)
+                .map(|(e, _)| e.clone());
+            if let (Some(e), Ok(mut v)) = (known, serde_json::to_value(change)) {
+                v["eta"] = e["eta"].clone();
+                v["eta_at"] = e["eta_at"].clone();
+                self.local
+                    .delivery_text(tenant, &Utf8Bytes::from(v.to_string()));
+                return;
+            }
+        }
         self.local.delivery(tenant, change);
+    }
+
+    fn estimate(&self, tenant: &TenantId, change: &DeliveryChange) {
+        let Ok(v) = serde_json::to_string(change) else {
+            return;
+        };
+        self.local
+            .delivery_text(tenant, &Utf8Bytes::from(v.clone()));
+        self.send(
+            deliveries_channel(tenant),
+            &Wire::Delivery {
+                n: self.node.clone(),
+                t: tenant.clone(),
+                v,
+            },
+        );
     }
 
     fn patient(&self, tenant: &TenantId, id: &DeliveryId, view: &PatientSnapshot) {
@@ -639,7 +761,7 @@ impl Bus for RedisBus {
             let _ = self.out.try_send(Out::Set {
                 key: carried_key(tenant, driver),
                 value,
-                ttl: CURSOR_TTL_S,
+                ttl: CARRIED_TTL_S,
             });
         }
     }

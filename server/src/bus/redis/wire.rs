@@ -28,6 +28,10 @@ pub(super) fn devices_key(t: &TenantId) -> String {
     format!("rxtrack:{t}:devices")
 }
 
+pub(super) fn deliveries_channel(t: &TenantId) -> String {
+    format!("rxtrack:{t}:deliveries")
+}
+
 pub(super) fn carried_key(t: &TenantId, d: &SubjectId) -> String {
     format!("rxtrack:{t}:driver:{d}:carried")
 }
@@ -97,6 +101,8 @@ pub(super) enum Topic {
     Cell(TenantId),
     /// New cells of the tenant's (for dispatchers watching the whole map).
     Notice(TenantId),
+    /// Estimates of the tenant's deliveries (for any dispatcher).
+    Deliveries(TenantId),
 }
 
 /// What to do once a subscription holds.
@@ -165,6 +171,9 @@ pub(super) enum Wire {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         want: Option<(TenantId, DeliveryId)>,
     },
+    /// A delivery message for dispatchers whose estimate moved with its
+    /// driver's fixes on the sending node.
+    Delivery { n: String, t: TenantId, v: String },
     /// A node publishes positions in a new cell of the tenant's; the
     /// position that opened it comes along (a node subscribing to the cell
     /// only now would miss it otherwise).
@@ -195,6 +204,7 @@ impl Wire {
             | Self::Patient { n, .. }
             | Self::Kick { n, .. }
             | Self::Resync { n, .. }
+            | Self::Delivery { n, .. }
             | Self::Cell { n, .. } => n,
         }
     }
