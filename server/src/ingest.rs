@@ -94,6 +94,16 @@ pub async fn run(app: &App, ws: &mut Socket, auth: Result<Principal, AuthError>)
     let end = session.serve(ws, &mut kick_rx).await;
     app.bus
         .close_session(&session.principal.tenant, &session.device, session_id);
+    // What this node last knew of the driver goes along (a node that took
+    // the driver up since keeps its own, fresher state).
+    if app.bus.shared()
+        && let Some((state, _)) = app
+            .tenant(&session.principal.tenant)
+            .and_then(|t| t.carry(&session.principal.sub, true, None))
+    {
+        app.bus
+            .carry(&session.principal.tenant, &session.principal.sub, &state);
+    }
     // Still connected if a newer session of the device is here.
     let connected = app
         .bus

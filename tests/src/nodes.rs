@@ -68,17 +68,20 @@ pub async fn drive_until(drv: &mut Ws, seq: &mut u64, mut done: impl AsyncFnMut(
     false
 }
 
-/// The next message with `type` among the next few (positions come often).
+/// The next message with `type` within a second (`None`: none came). Used
+/// between pings: positions are latest-wins, and one published just before
+/// a node subscribed to its map cell is never seen; the next ping's is.
 ///
 /// # Panics
 /// When the socket closes.
 pub async fn next_of(ws: &mut Ws, kind: &str) -> Option<Value> {
-    for _ in 0..200 {
-        match tokio::time::timeout(Duration::from_millis(200), next(ws, 10)).await {
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        match tokio::time::timeout_at(until, next(ws, 10)).await {
             Ok(Got::Json(v)) if v["type"] == kind => return Some(v),
-            Ok(Got::Json(_)) | Err(_) => {}
+            Ok(Got::Json(_)) => {}
             Ok(Got::Closed(c)) => panic!("closed with {c:?}"),
+            Err(_) => return None,
         }
     }
-    None
 }

@@ -101,7 +101,7 @@ async fn positions_and_eta_windows_reach_the_other_node() {
 async fn a_redis_restart_degrades_then_resynchronises() {
     let pg = Postgres::start();
     let mut redis = Redis::start();
-    let (_a, b, _token, mut drv) = setup(&pg, &redis).await;
+    let (a, b, _token, mut drv) = setup(&pg, &redis).await;
     let disp = staff("acme", "dispatcher", "alice");
     let mut map = ws_connect(&b, "/v1/dispatch/ws", &disp, Present::Subprotocol).await;
     next(&mut map, 10).await;
@@ -127,9 +127,11 @@ async fn a_redis_restart_degrades_then_resynchronises() {
     // Messages published during the gap are gone: B's dispatcher is told to
     // resynchronise (4410) and comes back to a snapshot and live positions.
     assert_eq!(close_code(&mut map, 15).await, Some(4410));
+    // Both nodes reach Redis again (what A sent before would be lost).
     assert!(
         eventually(Duration::from_secs(5), async || {
             call(http().get(b.url("/readyz"))).await.1["status"] == "ready"
+                && call(http().get(a.url("/readyz"))).await.1["status"] == "ready"
         })
         .await
     );
@@ -447,7 +449,7 @@ fn subscribers(redis: &Redis, channel: &str) -> u64 {
 /// The map cells the tenant's drivers were seen in.
 fn cells(redis: &Redis) -> Vec<String> {
     let mut cells: Vec<String> = redis
-        .cli(&["SMEMBERS", "rxtrack:acme:cellset"])
+        .cli(&["ZRANGE", "rxtrack:acme:cellset", "0", "-1"])
         .lines()
         .map(str::to_owned)
         .filter(|l| !l.is_empty())

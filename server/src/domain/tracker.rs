@@ -36,6 +36,14 @@ pub struct Track {
     pub snapshot: PatientSnapshot,
 }
 
+impl Carried {
+    /// When the carrying node last saw the driver.
+    #[must_use]
+    pub fn seen(&self) -> Option<UnixMillis> {
+        self.live.as_ref().map(LiveCarried::seen)
+    }
+}
+
 /// How far another node's clock may run ahead of this one's.
 const CLOCK_SKEW_MS: i64 = 60_000;
 

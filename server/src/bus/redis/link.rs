@@ -14,7 +14,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use tokio::sync::mpsc;
 
-use super::wire::{After, CELLS_TTL_S, Out};
+use super::wire::{After, CELLS_KEPT_MS, CELLS_TTL_S, Out};
 use super::{MAX_BATCH, PROBE, PRUNE, RETRY, RedisBus, TIMEOUT};
 use crate::metrics::Metrics;
 use crate::types::TenantId;
@@ -101,6 +101,31 @@ pub(super) fn cluster_builder(seeds: &[String]) -> ClusterClientBuilder {
         .response_timeout(TIMEOUT)
 }
 
+/// Stores a driver's carried tracking unless the stored one was seen later
+/// (a node whose session of the driver ended late must not overwrite what
+/// the node the driver moved to stored since).
+const CARRY: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, c = pcall(cjson.decode, cur)
+  if ok and type(c) == 'table' and type(c.live) == 'table' then
+    local theirs = tonumber(c.live.seen)
+    if theirs and tonumber(ARGV[2]) < theirs then return 0 end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1
+";
+
+/// Records a cell a position was published in, as of now, and forgets the
+/// cells nobody published in lately (one key: atomic, one shard).
+const TELL_CELL: &str = r"
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+";
+
 /// A tenant's device reports are kept a day after the last one.
 const DEVICES_TTL_S: u64 = 24 * 3600;
 
@@ -150,6 +175,12 @@ async fn send_batch(conn: &mut Conn, batch: &mut Vec<Out>) -> redis::RedisResult
                     keys.push(cmd);
                 }
             }
+            Out::Carry {
+                key,
+                value,
+                seen,
+                ttl,
+            } => keys.push(command!("EVAL", CARRY, 1, key, value, seen, ttl)),
             Out::Device {
                 key,
                 device,
@@ -174,8 +205,17 @@ async fn send_batch(conn: &mut Conn, batch: &mut Vec<Out>) -> redis::RedisResult
                 notice,
                 text,
             } => {
-                keys.push(command!("SADD", &key, cell));
-                keys.push(command!("EXPIRE", key, CELLS_TTL_S));
+                let now_ms = crate::clock::now().0;
+                keys.push(command!(
+                    "EVAL",
+                    TELL_CELL,
+                    1,
+                    key,
+                    cell,
+                    now_ms,
+                    now_ms.saturating_sub(CELLS_KEPT_MS),
+                    CELLS_TTL_S
+                ));
                 messages.push(command!(publish, notice, text));
             }
         }
@@ -299,6 +339,7 @@ pub(super) async fn subscriber(
                 _ = prune.tick() => {
                     let Some(b) = bus.upgrade() else { return };
                     let stale = b.stale_channels();
+                    b.reload_cells();
                     drop(b);
                     if !stale.is_empty() && sink.unsubscribe(&stale).await.is_err() {
                         break;
@@ -340,10 +381,19 @@ pub(super) async fn cluster_subscriber(
     bus: Weak<RedisBus>,
     metrics: Arc<Metrics>,
 ) {
-    let (tx, mut pushes) = mpsc::unbounded_channel::<redis::PushInfo>();
+    // Bounded: a subscriber that falls behind drops messages, which is a
+    // gap like any other (resynchronised at the next probe).
+    let (tx, mut pushes) = mpsc::channel::<redis::PushInfo>(super::QUEUE);
+    let overflow = Arc::new(AtomicBool::new(false));
+    let dropped = overflow.clone();
     let client = match cluster_builder(&seeds)
         .use_protocol(redis::ProtocolVersion::RESP3)
-        .push_sender(tx)
+        .push_sender(move |push: redis::PushInfo| {
+            if tx.try_send(push).is_err() {
+                dropped.store(true, Ordering::Release);
+            }
+            Ok::<(), redis::aio::SendError>(())
+        })
         .build()
     {
         Ok(c) => c,
@@ -366,6 +416,10 @@ pub(super) async fn cluster_subscriber(
         drop(b);
         tokio::select! {
             _ = probe.tick() => {
+                if overflow.swap(false, Ordering::AcqRel) {
+                    tracing::warn!("fell behind the Redis cluster's messages; resynchronising");
+                    gap = true;
+                }
                 if conn.is_none() {
                     conn = tokio::time::timeout(TIMEOUT, client.get_async_connection())
                         .await
@@ -395,6 +449,7 @@ pub(super) async fn cluster_subscriber(
             }
             _ = prune.tick() => {
                 let (Some(c), Some(b)) = (&conn, bus.upgrade()) else { continue };
+                b.reload_cells();
                 for ch in b.stale_channels() {
                     let mut c = c.clone();
                     if c.sunsubscribe(&ch).await.is_err() {

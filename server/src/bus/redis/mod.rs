@@ -10,10 +10,12 @@
 //! - **positions** on `rxtrack:{tenant}:pos:{cell}`, one channel per H3
 //!   cell at resolution 5 (about 250 km²). A node subscribes to the cells
 //!   its dispatchers' viewports cover; for a dispatcher watching the whole
-//!   map, to every cell the tenant's drivers are in: each node adds the
-//!   cells it publishes in to the set `rxtrack:{tenant}:cellset` and tells
-//!   `rxtrack:{tenant}:cells`, so a node watching everything learns of new
-//!   cells. Channels nobody here watches any more are left every 10 s;
+//!   map, to every cell the tenant's drivers are in: each node records the
+//!   cells it publishes in (with the time, again every 10 minutes) in the
+//!   sorted set `rxtrack:{tenant}:cellset`, which forgets cells after 30
+//!   minutes, and tells `rxtrack:{tenant}:cells`, so a node watching
+//!   everything learns of new cells. Channels nobody here watches any more
+//!   are left every 10 s;
 //! - **patient views** on `rxtrack:{tenant}:patient:{delivery}`, to nodes
 //!   with that delivery's patient; the view of a delivery on its way is
 //!   published only by the node holding its driver's live state (its ETA);
@@ -43,9 +45,9 @@ mod wire;
 
 use link::{Conn, Engine, cluster_builder, cluster_subscriber, publisher, subscriber, timed_out};
 use wire::{
-    After, CURSOR_TTL_S, Interest, Out, PositionRef, Topic, Wire, carried_key, cell_channel,
-    cells_key, cells_notice, channel_cell, cursor_key, deliveries_channel, devices_key,
-    parse_channel_cell, patient_channel,
+    After, CELLS_KEPT_MS, CURSOR_TTL_S, Interest, Out, PositionRef, Topic, Wire, carried_key,
+    cell_channel, cells_key, cells_notice, channel_cell, cursor_key, deliveries_channel,
+    devices_key, parse_channel_cell, patient_channel,
 };
 
 use super::hub::Viewport;
@@ -243,10 +245,19 @@ impl RedisBus {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(channel.clone(), topic)
             .is_none();
-        if new {
-            let _ = self.subscribe.send((channel, then));
-        } else if let Some(After::Send(msg)) = then {
-            self.send(RESYNC.to_owned(), &msg);
+        match then {
+            _ if new => {
+                let _ = self.subscribe.send((channel, then));
+            }
+            Some(After::Send(msg)) => self.send(RESYNC.to_owned(), &msg),
+            // A dispatcher watching the whole map arrived (perhaps after
+            // the ones before it were dropped, and cells told meanwhile
+            // went unheeded): look the cells up again, through the
+            // subscriber (subscribing again is harmless).
+            Some(After::LoadCells(t)) => {
+                let _ = self.subscribe.send((channel, Some(After::LoadCells(t))));
+            }
+            None => {}
         }
     }
 
@@ -311,14 +322,30 @@ impl RedisBus {
     /// Subscribes to every cell the tenant's drivers were seen in lately,
     /// if a dispatcher here still watches the whole map.
     async fn load_cells(&self, tenant: &TenantId) {
-        let cells: Vec<String> = match self
-            .query(redis::cmd("SMEMBERS").arg(cells_key(tenant)))
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the map cells of a tenant from Redis");
-                return;
+        let mut tries = 0;
+        let cells: Vec<String> = loop {
+            let since = crate::clock::now().0.saturating_sub(CELLS_KEPT_MS);
+            match self
+                .query(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(cells_key(tenant))
+                        .arg(since)
+                        .arg("+inf"),
+                )
+                .await
+            {
+                Ok(c) => break c,
+                // Tried again: nothing else would (the news channel is
+                // subscribed already).
+                Err(e) if tries < 10 => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "cannot read the map cells of a tenant from Redis; retrying");
+                    tokio::time::sleep(RETRY).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the map cells of a tenant from Redis");
+                    return;
+                }
             }
         };
         if !self.interests().0.contains(tenant) {
@@ -417,7 +444,18 @@ impl RedisBus {
                 };
                 self.local.kick_device(&t, &d, why);
             }
-            Wire::Resync { want, .. } => self.republish(want.as_ref()),
+            Wire::Resync { want, .. } => {
+                if want.is_none() {
+                    // A node that was away missed the cells told meanwhile
+                    // (and a restarted Redis forgot them): tell them again
+                    // with the next position in each.
+                    self.announced
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clear();
+                }
+                self.republish(want.as_ref());
+            }
             Wire::Delivery { t, v, .. } => {
                 // Only a delivery message with a valid id goes to sockets.
                 let m: serde_json::Value = serde_json::from_str(&v).unwrap_or_default();
@@ -500,13 +538,26 @@ impl RedisBus {
             d: driver.clone(),
             f: *fix,
         };
-        if let Ok(text) = serde_json::to_string(&notice) {
-            let _ = self.out.try_send(Out::Cell {
-                key: cells_key(tenant),
-                cell: cell.to_string(),
-                notice: cells_notice(tenant),
-                text,
-            });
+        let sent = serde_json::to_string(&notice).is_ok_and(|text| {
+            self.out
+                .try_send(Out::Cell {
+                    key: cells_key(tenant),
+                    cell: cell.to_string(),
+                    notice: cells_notice(tenant),
+                    text,
+                })
+                .is_ok()
+        });
+        if !sent {
+            // Told again with the next position.
+            if let Some(cells) = self
+                .announced
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_mut(tenant)
+            {
+                cells.remove(&cell);
+            }
         }
     }
 
@@ -526,6 +577,16 @@ impl RedisBus {
             metrics.bus_resyncs.inc();
             self.local.drop_dispatchers();
         }
+        for t in self.interests().0 {
+            let bus = self.clone();
+            tokio::spawn(async move { bus.load_cells(&t).await });
+        }
+    }
+
+    /// Looks the cells of every tenant watched whole here up again (every
+    /// 10 s): a cell told while this node was not listening, or before a
+    /// dispatcher came back, is found within that time.
+    fn reload_cells(self: &Arc<Self>) {
         for t in self.interests().0 {
             let bus = self.clone();
             tokio::spawn(async move { bus.load_cells(&t).await });
@@ -758,9 +819,10 @@ impl Bus for RedisBus {
 
     fn carry(&self, tenant: &TenantId, driver: &SubjectId, state: &Carried) {
         if let Ok(value) = serde_json::to_string(state) {
-            let _ = self.out.try_send(Out::Set {
+            let _ = self.out.try_send(Out::Carry {
                 key: carried_key(tenant, driver),
                 value,
+                seen: state.seen().map_or(0, |s| s.0),
                 ttl: CARRIED_TTL_S,
             });
         }
@@ -890,5 +952,94 @@ mod tests {
         let feed = bus.local.subscribe_dispatcher(&t).unwrap();
         let frame = feed.positions.positions_since(0, None, "drivers");
         assert!(frame.text.is_none(), "nothing was placed on the map");
+    }
+
+    /// A Redis of the test's own on a free port (Debian's `redis-server`).
+    struct OwnRedis(std::process::Child, u16);
+
+    impl OwnRedis {
+        fn start() -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap();
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is not installed (scripts/test installs it)");
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Self(child, port)
+        }
+    }
+
+    impl Drop for OwnRedis {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn carried(seen: i64) -> Carried {
+        serde_json::from_value(serde_json::json!({
+            "detector": null,
+            "live": {"pos": {"lat": 60.0, "lng": 24.0}, "seen": seen,
+                     "speed": {"avg": null}, "heading": null},
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn carried_tracking_is_never_replaced_by_an_older_one() {
+        let redis = OwnRedis::start();
+        let metrics = Arc::new(Metrics::new());
+        let t = TenantId::parse("acme").unwrap();
+        let local = LocalBus::new([t.clone()], metrics.clone());
+        let url = format!("redis://127.0.0.1:{}", redis.1);
+        let target = RedisTarget::One(crate::config::SecretUrl::for_tests(&url));
+        let bus = RedisBus::start(&target, local, metrics).unwrap();
+        let d = SubjectId::parse("d1").unwrap();
+        let stored = async || -> Option<i64> {
+            let c = bus.carried(&t, &d).await?;
+            c.seen().map(|s| s.0)
+        };
+        let mut until = 0;
+        while stored().await != Some(200) && until < 100 {
+            bus.carry(&t, &d, &carried(200));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            until += 1;
+        }
+        assert_eq!(stored().await, Some(200));
+        // A node whose session ended late tells what it saw before.
+        bus.carry(&t, &d, &carried(100));
+        // A marker after it in the same queue: once it is stored, so was
+        // (or was refused) the older one.
+        bus.acked(&t, &crate::types::DeviceId::parse("p").unwrap(), 7);
+        for _ in 0..100 {
+            if bus
+                .acked_seq(&t, &crate::types::DeviceId::parse("p").unwrap())
+                .await
+                == Some(7)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            stored().await,
+            Some(200),
+            "an older state replaced a newer one"
+        );
+        bus.carry(&t, &d, &carried(300));
+        for _ in 0..100 {
+            if stored().await == Some(300) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(stored().await, Some(300));
     }
 }

@@ -14,8 +14,11 @@ use crate::types::{DeliveryId, DeviceId, SubjectId, TenantId};
 pub(super) const CHANNEL_RES: Resolution = Resolution::Five;
 /// A viewport covering more channel cells than this counts as the map.
 const MAX_CHANNEL_CELLS: u64 = 512;
-/// The tenant's set of cells expires a day after a cell was last told of.
-pub(super) const CELLS_TTL_S: u64 = 24 * 3600;
+/// A cell stays in the tenant's set this long after a node last told of it
+/// (nodes tell again every 10 minutes while they publish there), and the
+/// set itself expires this long after the last telling.
+pub(super) const CELLS_KEPT_MS: i64 = 30 * 60 * 1000;
+pub(super) const CELLS_TTL_S: u64 = 30 * 60;
 
 /// How long a device's acknowledged seq is kept without news of it.
 pub(super) const CURSOR_TTL_S: u64 = 24 * 3600;
@@ -71,6 +74,14 @@ pub(super) enum Out {
     Set {
         key: String,
         value: String,
+        ttl: u64,
+    },
+    /// A driver's carried tracking, kept unless what is stored was seen
+    /// later (`seen`: when this node last saw the driver, ms).
+    Carry {
+        key: String,
+        value: String,
+        seen: i64,
         ttl: u64,
     },
     /// A device's report in the tenant's hash (`key`, field `device`);
