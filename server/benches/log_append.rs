@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rxtrack_server::auth::Role;
 use rxtrack_server::log::store::Recovery;
-use rxtrack_server::log::{Actor, DataKey, Draft, EventKind, Store, TenantChain, Where};
+use rxtrack_server::log::{
+    Actor, DataKey, Draft, EventKind, Pending, Store, StoredEvent, TenantChain, Where,
+};
 use rxtrack_server::metrics::Metrics;
 use rxtrack_server::types::{DeliveryId, TenantId};
 
@@ -54,6 +56,44 @@ fn bench_dir() -> PathBuf {
     tempfile::tempdir_in(base).expect("temp folder").keep()
 }
 
+/// Rounds of `writers` appends in flight at once, each resolved once
+/// durable. Events are chained before the clock starts, so the bench
+/// measures the log: write, sync or commit, answer.
+fn durable_rounds(
+    b: &mut criterion::Bencher<'_>,
+    rt: &tokio::runtime::Runtime,
+    chain: &mut TenantChain,
+    writers: i64,
+    append: impl Fn(&[StoredEvent]) -> Pending,
+) {
+    let mut i = 0;
+    b.iter_custom(|iters| {
+        let rounds: Vec<Vec<_>> = (0..iters)
+            .map(|_| {
+                (0..writers)
+                    .map(|_| {
+                        i += 1;
+                        chain.chain(draft(i)).expect("seal").0
+                    })
+                    .collect()
+            })
+            .collect();
+        let started = Instant::now();
+        for round in &rounds {
+            rt.block_on(async {
+                let pending: Vec<_> = round
+                    .iter()
+                    .map(|e| append(std::slice::from_ref(e)))
+                    .collect();
+                for p in pending {
+                    p.await.expect("writer alive").expect("durable");
+                }
+            });
+        }
+        started.elapsed()
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let key = Arc::new(DataKey::from_bytes(&[7u8; 32]).expect("32 bytes"));
 
@@ -84,40 +124,11 @@ fn bench(c: &mut Criterion) {
             Store::open(&dir, Arc::new(Metrics::new()), Recovery::default()).expect("open store"),
         );
         let mut chain = TenantChain::new(acme(), key.clone(), None);
-        let mut i = 0;
         g.throughput(Throughput::Elements(writers.unsigned_abs()));
         g.bench_with_input(
             BenchmarkId::new("concurrent_writers", writers),
             &writers,
-            |b, _| {
-                b.iter_custom(|iters| {
-                    // Events are chained before the clock starts, so the
-                    // bench measures the store: write, fsync, answer.
-                    let rounds: Vec<Vec<_>> = (0..iters)
-                        .map(|_| {
-                            (0..writers)
-                                .map(|_| {
-                                    i += 1;
-                                    chain.chain(draft(i)).expect("seal").0
-                                })
-                                .collect()
-                        })
-                        .collect();
-                    let started = Instant::now();
-                    for round in &rounds {
-                        rt.block_on(async {
-                            let pending: Vec<_> = round
-                                .iter()
-                                .map(|e| store.append(std::slice::from_ref(e)))
-                                .collect();
-                            for p in pending {
-                                p.await.expect("writer alive").expect("durable");
-                            }
-                        });
-                    }
-                    started.elapsed()
-                });
-            },
+            |b, &w| durable_rounds(b, &rt, &mut chain, w, |e| store.append(e)),
         );
         rt.block_on(store.close());
         let _ = std::fs::remove_dir_all(&dir);
@@ -149,38 +160,11 @@ fn bench_postgres(c: &mut Criterion) {
             .block_on(PgLog::connect(&url, vec![tenant.clone()]))
             .expect("connect to RXTRACK_BENCH_POSTGRES");
         let mut chain = TenantChain::new(tenant, key.clone(), None);
-        let mut i = 0;
         g.throughput(Throughput::Elements(writers.unsigned_abs()));
         g.bench_with_input(
             BenchmarkId::new("concurrent_writers", writers),
             &writers,
-            |b, _| {
-                b.iter_custom(|iters| {
-                    let rounds: Vec<Vec<_>> = (0..iters)
-                        .map(|_| {
-                            (0..writers)
-                                .map(|_| {
-                                    i += 1;
-                                    chain.chain(draft(i)).expect("seal").0
-                                })
-                                .collect()
-                        })
-                        .collect();
-                    let started = Instant::now();
-                    for round in &rounds {
-                        rt.block_on(async {
-                            let pending: Vec<_> = round
-                                .iter()
-                                .map(|e| log.append(std::slice::from_ref(e)))
-                                .collect();
-                            for p in pending {
-                                p.await.expect("writer alive").expect("durable");
-                            }
-                        });
-                    }
-                    started.elapsed()
-                });
-            },
+            |b, &w| durable_rounds(b, &rt, &mut chain, w, |e| log.append(e)),
         );
         rt.block_on(log.close());
     }

@@ -135,11 +135,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// The last seq acknowledged to a device by any node (a driver that
     /// reconnects elsewhere is not re-applied what it was told is done).
     /// `None`: no other node could have acknowledged anything.
-    fn acked_seq(
-        &self,
-        _tenant: &TenantId,
-        _device: &DeviceId,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<u64>> + Send + '_>> {
+    fn acked_seq(&self, _tenant: &TenantId, _device: &DeviceId) -> BusFuture<'_, Option<u64>> {
         Box::pin(async { None })
     }
     /// Records the seq just acknowledged to a device (for [`Bus::acked_seq`]).
@@ -164,21 +160,13 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn carry(&self, _tenant: &TenantId, _driver: &SubjectId, _state: &Carried) {}
     /// What a node last kept of a driver's tracking (`None`: nothing, or no
     /// other node could have tracked it).
-    fn carried(
-        &self,
-        _tenant: &TenantId,
-        _driver: &SubjectId,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Carried>> + Send + '_>> {
+    fn carried(&self, _tenant: &TenantId, _driver: &SubjectId) -> BusFuture<'_, Option<Carried>> {
         Box::pin(async { None })
     }
     /// Counts a tracking-link lookup from `ip` among every node's this
     /// minute; `false` beyond `per_minute`. One node alone, or a bus that
     /// cannot be reached, leaves it to the node's own limiter (`true`).
-    fn allow_lookup(
-        &self,
-        _ip: std::net::IpAddr,
-        _per_minute: f64,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+    fn allow_lookup(&self, _ip: std::net::IpAddr, _per_minute: f64) -> BusFuture<'_, bool> {
         Box::pin(async { true })
     }
     /// Whether other nodes share this bus: a patient view is then

@@ -753,11 +753,7 @@ impl Bus for RedisBus {
         self.local.connected(tenant, device)
     }
 
-    fn acked_seq(
-        &self,
-        tenant: &TenantId,
-        device: &DeviceId,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<u64>> + Send + '_>> {
+    fn acked_seq(&self, tenant: &TenantId, device: &DeviceId) -> super::BusFuture<'_, Option<u64>> {
         let key = cursor_key(tenant, device);
         Box::pin(async move {
             // Redis unreachable: the node's own cursor is all there is.
@@ -832,7 +828,7 @@ impl Bus for RedisBus {
         &self,
         tenant: &TenantId,
         driver: &SubjectId,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Carried>> + Send + '_>> {
+    ) -> super::BusFuture<'_, Option<Carried>> {
         let key = carried_key(tenant, driver);
         Box::pin(async move {
             let text = self
@@ -849,11 +845,7 @@ impl Bus for RedisBus {
         })
     }
 
-    fn allow_lookup(
-        &self,
-        ip: std::net::IpAddr,
-        per_minute: f64,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+    fn allow_lookup(&self, ip: std::net::IpAddr, per_minute: f64) -> super::BusFuture<'_, bool> {
         // The address is kept only hashed, for two minutes.
         let digest = ring::digest::digest(&ring::digest::SHA256, ip.to_string().as_bytes());
         let minute = crate::clock::now().0.div_euclid(60_000);
