@@ -60,6 +60,48 @@ async fn patient_channels_are_left_once_their_sockets_close() {
     assert!(frame.text.is_none(), "nothing was placed on the map");
 }
 
+#[tokio::test]
+async fn delivery_and_cell_messages_from_another_node_are_checked() {
+    let metrics = Arc::new(Metrics::new());
+    let t = TenantId::parse("acme").unwrap();
+    let local = LocalBus::new([t.clone()], metrics.clone());
+    let target = RedisTarget::One(crate::config::SecretUrl::for_tests("redis://127.0.0.1:1"));
+    let bus = RedisBus::start(&target, local, metrics).unwrap();
+    let mut feed = bus.subscribe_dispatcher(&t).unwrap();
+    let fix = serde_json::json!({"seq": 1, "ts": 0, "pos": {"lat": 60.0, "lng": 24.0},
+                                 "acc": null, "speed": null, "heading": null});
+    let fine_cell = h3o::LatLng::new(60.0, 24.0)
+        .unwrap()
+        .to_cell(h3o::Resolution::Fifteen)
+        .to_string();
+    let delivery = |v: &str| serde_json::json!({"k": "delivery", "n": "x", "t": "acme", "v": v});
+    let cell = |c: &str| serde_json::json!({"k": "cell", "n": "x", "t": "acme", "c": c, "d": "d1", "f": fix});
+    for msg in [
+        delivery("{not json"),
+        delivery(r#"{"type":"event","id":"rx-1"}"#),
+        delivery(r#"{"type":"delivery","id":"../x","eta":{"from":1,"to":2}}"#),
+        cell("not a cell"),
+        // A cell, but not of the channels' resolution.
+        cell(&fine_cell),
+    ] {
+        bus.receive(&msg.to_string());
+    }
+    assert!(
+        feed.events.try_recv().is_err(),
+        "nothing reached the dispatcher"
+    );
+    assert!(bus.estimates.lock().unwrap().is_empty());
+    let frame = feed.positions.positions_since(0, None, "drivers");
+    assert!(frame.text.is_none(), "nothing was placed on the map");
+    // A well-formed estimate is shown and remembered.
+    bus.receive(
+        &delivery(r#"{"type":"delivery","id":"rx-1","status":"en_route","eta":{"from":1,"to":2},"eta_at":3}"#)
+            .to_string(),
+    );
+    assert!(feed.events.try_recv().is_ok());
+    assert_eq!(bus.estimates.lock().unwrap().len(), 1);
+}
+
 /// A Redis of the test's own on a free port (Debian's `redis-server`).
 struct OwnRedis(std::process::Child, u16);
 
